@@ -1,0 +1,1 @@
+"""Fixtures for the envserver tests (and any test that needs them)."""

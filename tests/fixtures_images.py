@@ -1,0 +1,1 @@
+"""Fixtures for the images tests (and any test that needs them)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the tasks tests (and any test that needs them)."""
