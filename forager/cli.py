@@ -8,6 +8,13 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Forager: executable repo environments and agent trajectories.")
 
+
+
+@app.callback()
+def _main() -> None:
+    """Forager: executable repo environments and agent trajectories."""
+
+
 # Each area owns its verbs in forager/commands/<area>.py and registers them here.
 for _area in ("setup_cmd", "serve", "build", "tasks", "fleet", "trace"):
     try:
