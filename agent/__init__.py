@@ -1,0 +1,12 @@
+"""The fleet: a Redis (RQ) queue of episode jobs, workers that run them, and the bookkeeping around them.
+
+Modules, one purpose each:
+  queue    -- connect, enqueue with deterministic ids (generic, for any importable job function)
+  jobs     -- the episode job: env from the env server, run_episode, write the trajectory, release
+  worker   -- an RQ worker tuned for fast abandoned-job recovery, and a pool of worker processes
+  status   -- counts for a collection (queued, running, done, failed, trajectories, reward)
+  metrics  -- Prometheus metrics served by `forager worker --metrics-port`
+  joblog   -- structured JSON-lines log per job
+  services -- start an env server / worker pool as subprocesses when none is reachable
+  pipeline -- `forager run`: build, synthesize, collect, summarize
+"""

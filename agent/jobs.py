@@ -1,0 +1,225 @@
+"""The episode job: one (task, attempt, policy) run by a worker, written once to the store.
+
+`run_episode_job` is what RQ calls: a top-level function with plain JSON arguments, so any worker
+(`forager worker`, or a plain `rq worker forager`) on any host can run it. It uses the env server
+of its host (FORAGER_ENVSERVER_URL) and writes to its trajectory store (FORAGER_HOME).
+
+Failure policy:
+  - an agent that fails (wrong patch, turn budget, bad tool calls) is a result: the trajectory is
+    written and the job finishes;
+  - infrastructure that fails (env server unreachable, Docker error, env gone) raises InfraError,
+    and RQ retries the job with backoff (the Retry set at enqueue); a refused request (bad image,
+    bad token) is not retried, since trying again cannot help;
+  - a worker killed mid-episode leaves its env behind: the env carries this job's id as a label and
+    an expiry, the next try removes it first, and the server's reaper removes it anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from forager.config import Settings
+from forager.models import Task
+
+from agent.joblog import JobLog
+from agent.queue import JobSpec, enqueue_many, episode_job_id, slug
+
+JOB_FUNC = "agent.jobs.run_episode_job"
+JOB_LABEL = "forager.job"
+# The job is killed this long after the episode's own wall-clock budget, to leave time for grading.
+JOB_TIMEOUT_MARGIN = 600
+
+
+class InfraError(RuntimeError):
+    """The environment failed, not the agent: the job is retried."""
+
+
+@dataclass
+class EpisodeSpec:
+    policy: str = "oracle"
+    model: str | None = None
+    max_turns: int = 30
+    episode_timeout: int = 1800
+
+    def policy_dict(self) -> dict[str, Any]:
+        return {"name": self.policy, "model": self.model}
+
+
+def collection_name(policy: str, model: str | None) -> str:
+    return slug(f"{policy}-{model}" if model else policy, 80)
+
+
+# ---------------------------------------------------------------- enqueue side
+
+
+def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSpec, *, collection: str,
+                     settings: Settings | None = None,
+                     on_progress: Callable[[int, str], None] | None = None) -> dict[str, str]:
+    """One job per (task, attempt); skips ids already taken and episodes already in the store."""
+    settings = settings or Settings.from_env()
+    store = _store(settings)
+    specs: list[JobSpec] = []
+    traj_ids: dict[str, str] = {}
+    for task in tasks:
+        for attempt in range(attempts):
+            job_id = episode_job_id(task.id, attempt, spec.policy, spec.model)
+            traj_ids[job_id] = trajectory_id(task.id, attempt, spec.policy, spec.model)
+            specs.append(JobSpec(
+                JOB_FUNC,
+                {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy_dict(),
+                 "collection": collection, "max_turns": spec.max_turns, "episode_timeout": spec.episode_timeout},
+                job_id,
+                timeout=spec.episode_timeout + JOB_TIMEOUT_MARGIN,
+                description=f"{task.id} attempt {attempt} ({spec.policy})",
+            ))
+
+    def done(js: JobSpec) -> bool:
+        traj = store.read(traj_ids[js.job_id]) if store.exists(traj_ids[js.job_id]) else None
+        if traj is not None:
+            from agent.status import record_result
+
+            record_result(conn, collection, js.job_id, summarize(traj, existing=True))
+        return traj is not None
+
+    outcome: dict[str, str] = {}
+    for i in range(0, len(specs), 200):  # batches, so the caller's bar moves
+        outcome.update(enqueue_many(specs[i:i + 200], conn=conn, queue_name=settings.queue,
+                                    collection=collection, done=done))
+        if on_progress:
+            on_progress(len(outcome), f"{sum(v == 'enqueued' for v in outcome.values())} new")
+    return outcome
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, collection: str | None = None,
+                    max_turns: int = 30, episode_timeout: int = 1800) -> dict[str, Any]:
+    from rq import get_current_job
+
+    settings = Settings.from_env()
+    policy = policy or {"name": "oracle"}
+    task_obj = Task.model_validate(task)
+    job = get_current_job()
+    job_id = job.id if job else episode_job_id(task_obj.id, attempt, policy["name"], policy.get("model"))
+    tries = (job.meta.get("tries", 0) + 1) if job else 1
+    if job:
+        job.meta["tries"] = tries
+        job.save_meta()
+    log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=policy["name"], attempt_try=tries)
+    store = _store(settings)
+    traj_id = trajectory_id(task_obj.id, attempt, policy["name"], policy.get("model"))
+    log("start", trajectory=traj_id, envserver=settings.envserver_url)
+
+    if store.exists(traj_id):  # an earlier try wrote it and died before reporting
+        summary = summarize(store.read(traj_id), existing=True)
+        _report(job, collection, job_id, summary)
+        log("skip", reason="trajectory exists", **summary)
+        return summary
+
+    from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized
+
+    client = _env_client(settings)
+    try:
+        removed = remove_leftovers(client, job_id)
+        if removed:
+            log("leftovers_removed", envs=removed)
+        started = time.monotonic()
+        traj = _run(task_obj, attempt, policy, client, settings, job_id, max_turns, episode_timeout)
+    except (BadRequest, ImageNotAllowed, Unauthorized) as exc:
+        log("refused", error=f"{type(exc).__name__}: {exc}")
+        if job:
+            job.retries_left = 0  # retrying a refused request cannot help
+        raise
+    except EnvServerError as exc:
+        log("infra_error", error=f"{type(exc).__name__}: {exc}")
+        raise InfraError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        _close(client)
+
+    if traj.exit_reason == "infra_error":
+        log("infra_error", error=traj.error, steps=len(traj.steps))
+        raise InfraError(traj.error or "infrastructure error during the episode")
+    store.write(traj)
+    summary = summarize(traj)
+    summary["job_seconds"] = round(time.monotonic() - started, 3)
+    _report(job, collection, job_id, summary)
+    log("done", **summary)
+    return summary
+
+
+def summarize(traj, existing: bool = False) -> dict[str, Any]:
+    env_seconds = sum(s.env_seconds for s in traj.steps)
+    model_seconds = sum(s.model_seconds for s in traj.steps)
+    return {
+        "trajectory": traj.id,
+        "task": traj.task_id,
+        "attempt": traj.attempt,
+        "reward": traj.result.reward,
+        "steps": len(traj.steps),
+        "exit_reason": traj.exit_reason,
+        "episode_seconds": round(traj.finished_at - traj.started_at, 3),
+        "env_seconds": round(env_seconds, 3),
+        "model_seconds": round(model_seconds, 3),
+        "existing": existing,
+    }
+
+
+def _report(job, collection: str | None, job_id: str, summary: dict[str, Any]) -> None:
+    if collection and job is not None:
+        from agent.status import record_result
+
+        record_result(job.connection, collection, job_id, summary)
+
+
+# ---------------------------------------------------------------- the other areas' interfaces, in one place
+
+
+def _store(settings: Settings):
+    from forager.trajectories import TrajectoryStore
+
+    return TrajectoryStore(settings.trajectories_dir)
+
+
+def trajectory_id(task_id: str, attempt: int, policy: str, model: str | None) -> str:
+    from forager import trajectories
+
+    if hasattr(trajectories, "trajectory_id"):
+        return trajectories.trajectory_id(task_id, attempt, policy, model)
+    return episode_job_id(task_id, attempt, policy, model)
+
+
+def _env_client(settings: Settings):
+    from envserver.client import EnvClient
+
+    return EnvClient(settings.envserver_url, token=settings.envserver_token)
+
+
+def _close(client) -> None:
+    close = getattr(client, "close", None)
+    if close:
+        close()
+
+
+def remove_leftovers(client, job_id: str) -> list[str]:
+    """Delete envs a previous try of this job left (it was killed before releasing them)."""
+    leftovers = [e for e in client.list_envs() if e.labels.get(JOB_LABEL) == job_id]
+    for env in leftovers:
+        client.delete_env(env.id)
+    return [e.id for e in leftovers]
+
+
+def _run(task: Task, attempt: int, policy: dict, client, settings: Settings, job_id: str, max_turns: int,
+         episode_timeout: int):
+    from forager.agent_loop import run_episode
+    from forager.policies import make_policy
+
+    pol = make_policy(policy["name"], model=policy.get("model"), settings=settings)
+    return run_episode(task, pol, client, attempt=attempt, max_turns=max_turns, wall_clock=episode_timeout,
+                       env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
+
+
+__all__ = ["EpisodeSpec", "InfraError", "collection_name", "enqueue_episodes", "run_episode_job"]

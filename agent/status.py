@@ -1,0 +1,99 @@
+"""What the fleet is doing: queue counts and per-collection progress, read from Redis only.
+
+A collection is the set of jobs one `forager collect` made (its name derives from the tasks and the
+policy). Each finished episode job records a small summary (trajectory id, reward, steps, exit
+reason) in the collection's results hash, keyed by job id, so a re-run overwrites rather than adds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.registry import (
+    CanceledJobRegistry,
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+
+from agent.queue import KEY_PREFIX, collection_key, connect
+
+
+def queue_counts(redis: str | Redis, queue_name: str) -> dict[str, int]:
+    conn = connect(redis) if isinstance(redis, str) else redis
+    q = Queue(queue_name, connection=conn)
+    # count() runs each registry's cleanup: abandoned jobs of dead workers are requeued here too.
+    return {
+        "queued": q.count,
+        "started": StartedJobRegistry(queue=q).count,
+        "scheduled": ScheduledJobRegistry(queue=q).count,
+        "deferred": DeferredJobRegistry(queue=q).count,
+        "finished": FinishedJobRegistry(queue=q).count,
+        "failed": FailedJobRegistry(queue=q).count,
+        "canceled": CanceledJobRegistry(queue=q).count,
+    }
+
+
+def record_result(conn: Redis, collection: str, job_id: str, summary: dict[str, Any]) -> None:
+    conn.hset(collection_key(collection, "results"), job_id, json.dumps(summary))
+    conn.sadd(f"{KEY_PREFIX}:collections", collection)
+
+
+def list_collections(conn: Redis) -> list[str]:
+    return sorted(c.decode() for c in conn.smembers(f"{KEY_PREFIX}:collections"))
+
+
+def collection_status(conn: Redis, collection: str) -> dict[str, Any]:
+    """Counts for one collection: queued, running, retrying, done, failed, trajectories, reward."""
+    job_ids = sorted(j.decode() for j in conn.smembers(collection_key(collection, "jobs")))
+    pipe = conn.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(f"rq:job:{job_id}", "status")
+    states = [s.decode() if s else None for s in pipe.execute()] if job_ids else []
+    results = {k.decode(): json.loads(v) for k, v in conn.hgetall(collection_key(collection, "results")).items()}
+    counts = dict.fromkeys(("queued", "running", "retrying", "done", "failed"), 0)
+    for job_id, state in zip(job_ids, states):
+        if state == "finished" or (state is None and job_id in results):
+            counts["done"] += 1
+        elif state == "started":
+            counts["running"] += 1
+        elif state == "scheduled":
+            counts["retrying"] += 1
+        elif state in ("failed", "stopped", "canceled"):
+            counts["failed"] += 1
+        else:  # queued, deferred, or a job hash not written yet
+            counts["queued"] += 1
+    rewards = [r.get("reward") or 0.0 for r in results.values() if r.get("trajectory")]
+    steps = [r.get("steps") or 0 for r in results.values() if r.get("trajectory")]
+    return {
+        "collection": collection,
+        "total": len(job_ids),
+        **counts,
+        "trajectories": len(rewards),
+        "reward_sum": round(sum(rewards), 4),
+        "solved": sum(1 for r in rewards if r >= 1.0),
+        "solve_rate": round(sum(1 for r in rewards if r >= 1.0) / len(rewards), 4) if rewards else 0.0,
+        "mean_steps": round(sum(steps) / len(steps), 2) if steps else 0.0,
+        "complete": bool(job_ids) and counts["done"] + counts["failed"] == len(job_ids),
+    }
+
+
+def fleet_status(conn: Redis, queue_name: str, collections: list[str] | None = None) -> dict[str, Any]:
+    from rq import Worker
+
+    workers = Worker.all(connection=conn, queue=Queue(queue_name, connection=conn))
+    return {
+        "queue": queue_name,
+        "jobs": queue_counts(conn, queue_name),
+        "workers": [
+            {"name": w.name, "state": str(getattr(w.get_state(), "value", w.get_state())), "pid": w.pid,
+             "hostname": w.hostname, "current_job": w.get_current_job_id()}
+            for w in workers
+        ],
+        "collections": [collection_status(conn, c) for c in (collections or list_collections(conn))],
+    }

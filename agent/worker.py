@@ -1,0 +1,172 @@
+"""RQ workers for the fleet, and a pool that keeps N of them running.
+
+Why a subclass of rq.Worker at all: recovery from a dead worker. RQ re-runs a job whose worker
+stopped heart-beating (StartedJobRegistry cleanup), but its stock heartbeat lease is the monitoring
+interval + 60 s and its maintenance runs every 10 minutes. Here both are settings (env vars below),
+so a SIGKILLed worker's job is back on the queue within seconds in tests and within a minute or two
+in production. And every process a worker forks (the work horse running the episode, the retry
+scheduler) dies with it (PR_SET_PDEATHSIG): an orphaned horse would finish an episode whose job
+was already handed to someone else.
+
+A plain `rq worker <queue>` also runs these jobs; it just recovers from crashes more slowly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rq import Worker
+
+# Seconds; small values make crash recovery fast at the cost of a few more Redis writes.
+MONITOR_INTERVAL = int(os.environ.get("FORAGER_JOB_MONITOR_INTERVAL", "10"))  # horse check + heartbeat period
+HEARTBEAT_GRACE = int(os.environ.get("FORAGER_HEARTBEAT_GRACE", "30"))  # lease beyond the next heartbeat
+MAINTENANCE_INTERVAL = int(os.environ.get("FORAGER_MAINTENANCE_INTERVAL", "30"))  # abandoned-job sweep period
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class ForagerWorker(Worker):
+    """An RQ worker with a short heartbeat lease and children that never outlive it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("job_monitoring_interval", MONITOR_INTERVAL)
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        period = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            period = max(1, min(job.timeout - working_time, period))
+        return int(period) + HEARTBEAT_GRACE
+
+    def execute_job(self, job, queue):
+        started = time.monotonic()
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            from agent import metrics
+
+            metrics.job_done(job, time.monotonic() - started)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(queue_name: str, redis_url: str, burst: bool = False, log_level: str = "INFO") -> bool:
+    """Run one worker in this process until stopped (or, with burst, until the queue is empty)."""
+    from agent.queue import connect
+
+    os.register_at_fork(after_in_child=die_with_parent)
+    conn = connect(redis_url)
+    worker = ForagerWorker([queue_name], connection=conn, name=worker_name())
+    return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+
+
+# ---------------------------------------------------------------- pool
+
+
+class Pool:
+    """N worker processes, respawned if one dies, stopped together (SIGTERM = finish current jobs)."""
+
+    def __init__(self, concurrency: int, queue_name: str, redis_url: str, burst: bool = False,
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", log_dir: Path | None = None):
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency, self.queue_name, self.redis_url, self.burst = concurrency, queue_name, redis_url, burst
+        self.metrics_port, self.metrics_host, self.log_dir = metrics_port, metrics_host, log_dir
+        self.procs: list[subprocess.Popen] = []
+        self.stopping = False
+        self.metrics_dir = tempfile.mkdtemp(prefix="forager-metrics-") if metrics_port else None
+
+    def _spawn(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        if self.metrics_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        cmd = [sys.executable, "-m", "agent.worker", "--queue", self.queue_name, "--url", self.redis_url]
+        if self.burst:
+            cmd.append("--burst")
+        out = None
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"worker-{len(self.procs)}-{int(time.time())}.log", "ab")
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                preexec_fn=die_with_parent)
+        if out:
+            out.close()
+        return proc
+
+    def stop(self, *_):
+        """First call: warm shutdown (workers finish their current job). Second call: kill them."""
+        sig = signal.SIGKILL if self.stopping else signal.SIGTERM
+        self.stopping = True
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    def run(self) -> int:
+        if self.metrics_port:
+            from agent import metrics
+
+            metrics.serve_pool(self.metrics_port, self.metrics_host, self.metrics_dir, self.redis_url, self.queue_name)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self.procs = [self._spawn() for _ in range(self.concurrency)]
+        try:
+            while True:
+                alive = []
+                for p in self.procs:
+                    if p.poll() is None:
+                        alive.append(p)
+                        continue
+                    if self.metrics_dir:
+                        from prometheus_client import multiprocess
+
+                        multiprocess.mark_process_dead(p.pid, self.metrics_dir)
+                    if not self.stopping and not self.burst:  # a crashed worker is replaced
+                        alive.append(self._spawn())
+                self.procs = alive
+                if not self.procs:
+                    return 0
+                time.sleep(0.5)
+        finally:
+            self.stop()
+            for p in self.procs:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="one Forager RQ worker (the pool runs these)")
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    run_worker(args.queue, args.url, burst=args.burst, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The fleet's verbs: `forager collect`, `forager worker`, `forager status`, `forager run`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from forager.config import Settings
+from forager.ui import console, print_json, progress
+
+
+def _fail(message: str, json_out: bool) -> None:
+    if json_out:
+        print_json({"ok": False, "error": message})
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _redis(settings: Settings, json_out: bool):
+    import redis
+
+    from agent.queue import connect
+
+    conn = connect(settings.redis_url)
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        _fail(f"cannot reach Redis at {settings.redis_url} ({exc}); start it (`forager setup`) or set FORAGER_REDIS_URL", json_out)
+    return conn
+
+
+def status_line(s: dict) -> str:
+    return (f"queued {s['queued']}  running {s['running']}  retrying {s['retrying']}  done {s['done']}  "
+            f"failed {s['failed']}  trajectories {s['trajectories']}  reward {s['reward_sum']:g}")
+
+
+def watch_collection(conn, collection: str, *, quiet: bool = False, poll: float = 1.0, timeout: float | None = None,
+                     stop_when=None) -> dict:
+    """Live bar until every job of the collection is done or failed (or `timeout` seconds pass)."""
+    from agent.status import collection_status
+
+    started = time.monotonic()
+    with progress(disable=quiet) as bar:
+        s = collection_status(conn, collection)
+        task = bar.add_task(f"collect {collection}", total=max(s["total"], 1), status=status_line(s))
+        while True:
+            s = collection_status(conn, collection)
+            bar.update(task, total=max(s["total"], 1), completed=s["done"] + s["failed"], status=status_line(s))
+            if s["complete"] or (timeout is not None and time.monotonic() - started > timeout):
+                return s
+            if stop_when is not None and stop_when():
+                return s
+            time.sleep(poll)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def collect(
+        tasks: Path = typer.Argument(..., help="a tasks JSONL file or a directory of them ($FORAGER_HOME/tasks)"),
+        policy: str = typer.Option("oracle", "--policy", "-p", help="oracle | openai"),
+        attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
+        model: str | None = typer.Option(None, "--model", help="model name for the openai policy (default FORAGER_MODEL)"),
+        name: str | None = typer.Option(None, "--name", help="collection name (default: policy and model)"),
+        max_turns: int = typer.Option(30, "--max-turns", min=1),
+        episode_timeout: int = typer.Option(1800, "--episode-timeout", min=10, help="seconds; the job is killed past this"),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N tasks"),
+        wait: bool = typer.Option(False, "--wait", help="stay and show progress until every job is done or failed"),
+        json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
+    ) -> None:
+        """Enqueue one episode job per (task, attempt); ids already queued, running or done are skipped."""
+        from agent.jobs import EpisodeSpec, collection_name, enqueue_episodes
+        from forager.tasks.store import load_tasks
+
+        settings = Settings.from_env()
+        if not tasks.exists():
+            _fail(f"no such tasks file or directory: {tasks}", json_out)
+        if policy not in ("oracle", "openai"):
+            _fail(f"unknown policy {policy!r}: use oracle or openai", json_out)
+        model = model or (settings.model_name if policy == "openai" else None)
+        if policy == "openai" and not model:
+            _fail("the openai policy needs a model: --model or FORAGER_MODEL", json_out)
+        loaded = load_tasks(tasks)[: limit or None]
+        if not loaded:
+            _fail(f"no valid tasks in {tasks}", json_out)
+        conn = _redis(settings, json_out)
+        spec = EpisodeSpec(policy=policy, model=model, max_turns=max_turns, episode_timeout=episode_timeout)
+        collection = name or collection_name(policy, model)
+        with progress(disable=json_out) as bar:
+            t = bar.add_task("enqueue", total=len(loaded) * attempts, status="")
+            outcome = enqueue_episodes(conn, loaded, attempts, spec, collection=collection, settings=settings,
+                                       on_progress=lambda n, last: bar.update(t, completed=n, status=last))
+        counts: dict[str, int] = {}
+        for state in outcome.values():
+            counts[state] = counts.get(state, 0) + 1
+        result = {"ok": True, "collection": collection, "queue": settings.queue, "jobs": len(outcome), "outcome": counts}
+        if wait:
+            result["status"] = watch_collection(conn, collection, quiet=json_out)
+        if json_out:
+            print_json(result)
+        else:
+            console.print(f"collection [bold]{collection}[/]: {len(outcome)} jobs; "
+                          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+            if not wait:
+                console.print("run workers with `forager worker`; follow with `forager status`")
+
+    @app.command()
+    def worker(
+        concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="worker processes"),
+        burst: bool = typer.Option(False, "--burst", help="exit when the queue is empty"),
+        metrics_port: int | None = typer.Option(None, "--metrics-port", help="serve Prometheus metrics on this port"),
+        metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
+        json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout when the pool stops"),
+    ) -> None:
+        """Run N RQ workers on the fleet's queue (FORAGER_REDIS_URL, FORAGER_QUEUE) until stopped."""
+        import threading
+
+        from agent.status import queue_counts
+        from agent.worker import Pool
+
+        settings = Settings.from_env()
+        conn = _redis(settings, json_out)
+        pool = Pool(concurrency, settings.queue, settings.redis_url, burst=burst, metrics_port=metrics_port,
+                    metrics_host=metrics_host, log_dir=settings.logs_dir / "workers")
+        before = queue_counts(conn, settings.queue)
+        done = threading.Event()
+
+        def show():
+            # The bar counts jobs the queue finished while this pool ran (all pools' work, queue-wide).
+            with progress(disable=json_out) as bar:
+                t = bar.add_task(f"workers x{concurrency}", total=None, status="")
+                while not done.wait(1.0):
+                    try:
+                        c = queue_counts(conn, settings.queue)
+                    except Exception as exc:  # Redis restarting: keep the pool, say so
+                        bar.update(t, status=f"redis unreachable: {exc}")
+                        continue
+                    finished = c["finished"] - before["finished"] + c["failed"] - before["failed"]
+                    bar.update(t, completed=max(finished, 0), status=f"queued {c['queued']}  running {c['started']}  "
+                               f"retrying {c['scheduled']}  finished {c['finished']}  failed {c['failed']}")
+
+        shower = threading.Thread(target=show, daemon=True)
+        shower.start()
+        started = time.time()
+        try:
+            code = pool.run()
+        finally:
+            done.set()
+            shower.join(3)
+        after = queue_counts(conn, settings.queue)
+        if json_out:
+            print_json({"ok": code == 0, "concurrency": concurrency, "seconds": round(time.time() - started, 2),
+                        "queue": settings.queue, "jobs": after})
+        raise typer.Exit(code)
+
+    @app.command()
+    def status(
+        collection: str | None = typer.Option(None, "--collection", help="only this collection"),
+        watch: bool = typer.Option(False, "--watch", help="live progress until the collection completes"),
+        json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
+    ) -> None:
+        """Queue counts, workers, and per-collection progress (queued, running, done, failed, reward)."""
+        from agent.status import fleet_status, list_collections
+
+        settings = Settings.from_env()
+        conn = _redis(settings, json_out)
+        if watch:
+            names = [collection] if collection else list_collections(conn)
+            for name in names:
+                watch_collection(conn, name, quiet=json_out)
+        st = fleet_status(conn, settings.queue, [collection] if collection else None)
+        st["trajectories_dir"] = str(settings.trajectories_dir)
+        if json_out:
+            print_json(st)
+            return
+        from rich.table import Table
+
+        j = st["jobs"]
+        console.print(f"queue [bold]{st['queue']}[/] at {settings.redis_url}: " + "  ".join(f"{k} {v}" for k, v in j.items()))
+        console.print(f"workers: {len(st['workers'])} ("
+                      + ", ".join(f"{w['name']}={w['state']}" for w in st["workers"][:8])
+                      + (" ..." if len(st["workers"]) > 8 else "") + ")")
+        table = Table("collection", "total", "queued", "running", "retrying", "done", "failed", "trajectories",
+                      "solve rate", "reward")
+        for c in st["collections"]:
+            table.add_row(c["collection"], *(str(c[k]) for k in ("total", "queued", "running", "retrying", "done",
+                                                                  "failed", "trajectories")),
+                          f"{c['solve_rate']:.0%}", f"{c['reward_sum']:g}")
+        console.print(table)
