@@ -1,0 +1,112 @@
+"""One long-lived, network-less container of a repo image, for running its tests many times cheaply.
+
+Synthesis validates hundreds of mutations per repo; starting a container per candidate would cost
+more than the tests. Files go in and out through the Engine API's archive calls (no docker CLI).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+
+import docker
+
+from envserver.junit import pytest_args
+
+TIMEOUT_EXIT = 137  # `timeout -s KILL` kills the whole process group; the exit status is 128 + 9
+
+
+@dataclass
+class TestRun:
+    exit_code: int
+    output: str
+    junit: str  # the JUnit XML text ("" when pytest never wrote it, e.g. killed by the timeout)
+    seconds: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.exit_code == TIMEOUT_EXIT
+
+
+class RepoContainer:
+    """`with RepoContainer(client, image) as box:` runs tests and swaps files inside one container."""
+
+    def __init__(self, client: docker.DockerClient, image: str, workdir: str = "/repo", label: str = "synth"):
+        self.client, self.image, self.workdir = client, image, workdir
+        self.container = client.containers.run(
+            image,
+            command=["sleep", "infinity"],
+            detach=True,
+            network_mode="none",
+            init=True,
+            mem_limit="4g",
+            pids_limit=2048,
+            working_dir=workdir,
+            labels={"forager.kind": label, "forager.expires": str(int(time.time()) + 6 * 3600),
+                    "forager.test_run": os.environ.get("FORAGER_TEST_RUN", "")},
+            environment={"PYTHONDONTWRITEBYTECODE": "1"},  # a stale .pyc must never mask a restored file
+        )
+        self._clock = int(time.time())
+
+    def __enter__(self) -> "RepoContainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def sh(self, command: str, timeout: float | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:
+        """Run `bash -c command` in the workdir; with a timeout, the process group is killed when it expires."""
+        cmd = ["bash", "-c", command]  # non-login: /etc/profile would reset the image PATH (venv)
+        if timeout:
+            cmd = ["timeout", "-s", "KILL", str(max(1, int(timeout))), *cmd]
+        res = self.container.exec_run(cmd, workdir=self.workdir, environment=env or {}, demux=False)
+        return res.exit_code, (res.output or b"").decode(errors="replace")
+
+    def read(self, path: str) -> str:
+        code, out = self.sh(f"cat {shlex.quote(path)}")
+        if code != 0:
+            raise FileNotFoundError(f"{path}: {out.strip()}")
+        return out
+
+    def read_bytes(self, path: str) -> bytes:
+        stream, _ = self.container.get_archive(self._abs(path))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            assert member is not None
+            data = tar.extractfile(member)
+            return data.read() if data else b""
+
+    def write(self, path: str, data: str | bytes) -> None:
+        """Replace a file's content; each write gets a new mtime so Python never trusts an old .pyc."""
+        raw = data.encode() if isinstance(data, str) else data
+        full = self._abs(path)
+        self._clock += 1
+        info = tarfile.TarInfo(os.path.basename(full))
+        info.size, info.mtime, info.mode = len(raw), self._clock, 0o644
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.addfile(info, io.BytesIO(raw))
+        self.container.put_archive(os.path.dirname(full), buf.getvalue())
+
+    def run_tests(self, test_command: str, timeout: float, env: dict[str, str] | None = None,
+                  extra_args: str = "") -> TestRun:
+        xml = f"/tmp/forager-junit-{uuid.uuid4().hex[:8]}.xml"
+        started = time.monotonic()
+        code, out = self.sh(f"{test_command} {extra_args} {pytest_args(xml)}", timeout=timeout, env=env)
+        seconds = time.monotonic() - started
+        rc, junit = self.sh(f"cat {xml} 2>/dev/null && rm -f {xml}")
+        return TestRun(code, out, junit if rc == 0 else "", seconds)
+
+    def _abs(self, path: str) -> str:
+        return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"

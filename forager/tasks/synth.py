@@ -1,0 +1,331 @@
+"""Mutate-fix synthesis: turn one validated repo image into many repair tasks, each just a patch.
+
+Pipeline, all inside ONE long-lived network-less container of the image:
+1. run the suite once under a profiler (probe.py) → which functions each passing test calls;
+2. for covered functions, generate single AST mutations (mutations.py), interleaved across
+   functions so a small budget still spreads over the repo;
+3. per candidate: write the mutated file, run only the covering tests (fast reject), then the
+   full suite for survivors, restore the file. Keep it if some passing tests now fail (F2P) and
+   the rest still pass (P2P); a hang is dropped by the timeout.
+Every verdict is logged, so a rerun skips what was already tried.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import random
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from envserver.junit import node_id, parse_junit
+from forager.config import Settings
+from forager.models import ImageRecord, Mutation, Task
+from forager.tasks.mutations import Candidate, functions, mutate_function, unified_diff
+from forager.tasks.sandbox import RepoContainer
+from forager.tasks.store import append_jsonl, append_tasks, load_tasks, read_jsonl, tasks_path
+
+PROBE_DIR = "/tmp/forager_probe"
+Progress = Callable[[int, int, str], None]  # (candidates done, candidate budget, status)
+
+
+class SynthesisError(RuntimeError):
+    """The image cannot yield tasks (not ok, no passing tests, the suite does not run)."""
+
+
+@dataclass
+class SynthReport:
+    repo: str
+    image: str
+    tasks: list[Task] = field(default_factory=list)  # every task of this image, earlier runs included
+    new_tasks: int = 0
+    tried: int = 0  # candidates validated in this run
+    skipped: int = 0  # candidates already decided by an earlier run
+    verdicts: dict[str, int] = field(default_factory=dict)
+    functions: int = 0  # covered functions mutated
+    baseline_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def is_test_path(path: str) -> bool:
+    parts = path.split("/")
+    name = parts[-1]
+    return (
+        name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py"
+        or any(p in ("tests", "test", "testing") for p in parts[:-1])
+    )
+
+
+def synthesize(record: ImageRecord, settings: Settings | None = None, *, max_tasks: int = 20, **kwargs) -> list[Task]:
+    """Validated mutate-fix tasks for one `ok` image (resumes; returns all tasks of the image)."""
+    return run_synthesis(record, settings, max_tasks=max_tasks, **kwargs).tasks
+
+
+def run_synthesis(
+    record: ImageRecord,
+    settings: Settings | None = None,
+    *,
+    max_tasks: int = 20,
+    max_candidates: int = 300,
+    timeout: float | None = None,
+    seed: int = 0,
+    hide_tests: bool = True,
+    client: docker.DockerClient | None = None,
+    on_progress: Progress | None = None,
+) -> SynthReport:
+    settings = settings or Settings.from_env()
+    if record.status != "ok" or not record.tag or not record.test_command:
+        raise SynthesisError(f"{record.repo}: image is not usable (status={record.status}, tag={record.tag})")
+    started = time.monotonic()
+    out_path = tasks_path(settings.tasks_dir, record.repo)
+    log_path = out_path.with_name(f"{record.repo}.candidates.jsonl")
+    report = SynthReport(record.repo, record.tag)
+    existing = [t for t in load_tasks(out_path) if t.image == record.tag] if out_path.exists() else []
+    report.tasks = list(existing)
+    if len(existing) >= max_tasks:
+        report.seconds = time.monotonic() - started
+        return report
+    done = _decided(log_path, record.tag)
+    task_patches = {_digest(t.setup_patch) for t in existing}
+    client = client or docker.from_env(timeout=600)
+    with RepoContainer(client, record.tag, record.workdir) as box:
+        box.sh(f"mkdir -p {PROBE_DIR}")
+        box.write(f"{PROBE_DIR}/forager_probe.py", (Path(__file__).parent / "probe.py").read_text())
+        baseline, covering = _baseline(box, record, timeout)
+        report.baseline_seconds = baseline.seconds
+        timeout = timeout or max(30.0, 5 * baseline.seconds)
+        baseline_outcomes = parse_junit(baseline.junit)
+        passing = {t for t, o in baseline_outcomes.items() if o == "passed"} - set(record.flaky)
+        if record.test_outcomes:
+            passing &= {t for t, o in record.test_outcomes.items() if o == "passed"} or passing
+        if not passing:
+            raise SynthesisError(f"{record.repo}: no test passes in the image")
+        test_files = _test_files(box, baseline_outcomes)
+        candidates = _candidates(box, covering, passing, test_files, seed)
+        report.functions = len({(c.file, c.function) for c, _ in candidates})
+        budget = min(max_candidates, len(candidates))
+        originals: dict[str, str] = {}
+        for cand, tests in candidates:
+            if len(report.tasks) >= max_tasks or report.tried >= budget:
+                break
+            original = originals.setdefault(cand.file, box.read_bytes(cand.file).decode())
+            key = cand.key(original)
+            if key in done:
+                report.skipped += 1
+                continue
+            setup_patch = cand.diff(original)
+            if _digest(setup_patch) in task_patches:  # same edit reached from another function
+                done.add(key)
+                continue
+            verdict, task = _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests)
+            report.tried += 1
+            report.verdicts[verdict] = report.verdicts.get(verdict, 0) + 1
+            done.add(key)
+            if task is not None:
+                append_tasks(out_path, [task])
+                report.tasks.append(task)
+                report.new_tasks += 1
+                task_patches.add(_digest(task.setup_patch))
+            append_jsonl(log_path, [{"image": record.tag, "key": key, "verdict": verdict,
+                                     "task_id": task.id if task else None}])
+            if on_progress:
+                on_progress(report.tried, budget, f"{len(report.tasks)} tasks")
+        dirty = box.sh("git status --porcelain --untracked-files=no")[1].strip()
+        if dirty:
+            raise SynthesisError(f"{record.repo}: working tree not restored after synthesis: {dirty[:200]}")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _baseline(box: RepoContainer, record: ImageRecord, timeout: float | None):
+    """One profiled run of the whole suite: outcomes plus {repo function: covering test ids}."""
+    env = {"PYTHONPATH": PROBE_DIR, "FORAGER_PROBE_OUT": f"{PROBE_DIR}/hits.json"}
+    run = box.run_tests(record.test_command, timeout or 1800, env=env, extra_args="-p forager_probe")
+    if not run.junit:
+        raise SynthesisError(f"{record.repo}: the test suite wrote no report (exit {run.exit_code}): {run.output[-800:]}")
+    code, text = box.sh(f"cat {PROBE_DIR}/hits.json")
+    if code != 0:
+        raise SynthesisError(f"{record.repo}: the coverage probe wrote nothing: {run.output[-800:]}")
+    covering: dict[str, set[str]] = {}
+    for test, funcs in json.loads(text).items():
+        for fn in funcs:
+            covering.setdefault(fn, set()).add(test)
+    return run, covering
+
+
+def _test_files(box: RepoContainer, outcomes: dict[str, str]) -> list[str]:
+    """Tracked files that belong to the tests (restored from the base at grading)."""
+    code, out = box.sh("git ls-files")
+    tracked = out.splitlines() if code == 0 else []
+    files = {f for f in tracked if is_test_path(f)}
+    files |= {t.split("::")[0] for t in outcomes if "::" in t and t.split("::")[0] in set(tracked)}
+    return sorted(files)
+
+
+def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidate, list[str]]]:
+    """Mutations of covered source functions, round-robin across functions (seeded shuffle)."""
+    rng = random.Random(seed)
+    tests_set = set(test_files)
+    by_file: dict[str, list[str]] = {}
+    for key in sorted(covering):
+        path, _, qualname = key.partition("::")
+        if path in tests_set or is_test_path(path) or "<" in qualname or path.startswith(("setup.py", "docs/")):
+            continue
+        by_file.setdefault(path, []).append(qualname)
+    per_function: list[list[tuple[Candidate, list[str]]]] = []
+    for path, names in sorted(by_file.items()):
+        try:
+            source = box.read_bytes(path).decode()
+            known = {n for n, _ in functions(ast.parse(source))}
+        except (FileNotFoundError, SyntaxError, UnicodeDecodeError, docker.errors.NotFound):
+            continue
+        for name in names:
+            if name not in known:
+                continue
+            tests = sorted(t for t in covering[f"{path}::{name}"] if t in passing) or sorted(covering[f"{path}::{name}"])
+            cands = mutate_function(path, source, name)
+            rng.shuffle(cands)
+            if cands:
+                per_function.append([(c, tests) for c in cands])
+    rng.shuffle(per_function)
+    ordered: list[tuple[Candidate, list[str]]] = []
+    while per_function:
+        for group in list(per_function):
+            ordered.append(group.pop(0))
+            if not group:
+                per_function.remove(group)
+    return ordered
+
+
+def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests):
+    """(verdict, task or None): the fast run of covering tests, then the full suite, file always restored."""
+    box.write(cand.file, cand.source)
+    try:
+        # fast reject on the covering tests, unless they are most of the suite anyway
+        if len(tests) * 2 < len(passing):
+            select = f"{PROBE_DIR}/select.txt"
+            box.write(select, "\n".join(tests) + "\n")
+            env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}
+            fast = box.run_tests(record.test_command, timeout, env=env, extra_args="-p forager_probe -x")
+            if fast.timed_out:
+                return "timeout", None
+            fast_out = parse_junit(fast.junit) if fast.junit else {}
+            if fast.junit and not any(o in ("failed", "error") for t, o in fast_out.items() if t in passing):
+                return "no_f2p", None
+        full = box.run_tests(record.test_command, timeout)
+        if full.timed_out:
+            return "timeout", None
+        if not full.junit:
+            return "no_report", None
+        outcomes = parse_junit(full.junit)
+        if any(t not in outcomes for t in passing):
+            return "tests_vanished", None  # e.g. a module no longer imports: collection broke
+        f2p = sorted(t for t in passing if outcomes[t] != "passed")
+        if not f2p:
+            return "no_f2p", None
+        if len(f2p) == len(passing) and len(passing) > 5:
+            return "breaks_everything", None
+        p2p = sorted(passing - set(f2p))
+        return "task", _task(record, cand, original, f2p, p2p, full.junit, test_files, hide_tests)
+    finally:
+        box.write(cand.file, original)
+
+
+def _task(record, cand, original, f2p, p2p, junit, test_files, hide_tests) -> Task:
+    setup_patch = cand.diff(original)
+    gold_patch = unified_diff(cand.file, cand.source, original)
+    digest = hashlib.sha1(f"{record.tag}\n{setup_patch}".encode()).hexdigest()[:12]
+    mutated_lines = {line[1:].strip() for line in setup_patch.splitlines() if line.startswith(("+", "-"))}
+    return Task(
+        id=f"{record.repo}__mf_{digest}",
+        kind="mutate-fix",
+        repo=record.repo,
+        image=record.tag,
+        commit=record.commit or "",
+        workdir=record.workdir,
+        problem_statement=problem_statement(record.repo, f2p, failure_messages(junit), mutated_lines, hide_tests),
+        setup_patch=setup_patch,
+        test_files=test_files,
+        test_command=record.test_command,
+        fail_to_pass=f2p,
+        pass_to_pass=p2p,
+        gold_patch=gold_patch,
+        mutation=Mutation(operator=cand.operator, file=cand.file, function=cand.function,
+                          lineno=cand.lineno, description=cand.description),
+        hide_tests=hide_tests,
+    )
+
+
+# ---------------------------------------------------------------- problem statements
+
+
+def failure_messages(junit_xml: str) -> dict[str, str]:
+    """{test id: the failure's message} from a JUnit report (message attribute, else first text lines)."""
+    messages: dict[str, str] = {}
+    for case in ET.fromstring(junit_xml).iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error"):
+                body = (child.text or "").strip().splitlines()
+                text = child.get("message") or (body[-1] if body else "")
+                tid = node_id(case.get("classname", ""), case.get("name", ""), case.get("file"))
+                messages[tid] = text or child.tag
+                break
+    return messages
+
+
+def problem_statement(repo: str, f2p: list[str], messages: dict[str, str], hidden_lines: set[str],
+                      hide_tests: bool = True, limit: int = 4) -> str:
+    """What a user would report: the failing behaviour and its errors, never the changed line."""
+    seen: list[str] = []
+    for test in f2p:
+        msg = _clean(messages.get(test, ""), hidden_lines)
+        if msg and msg not in seen:
+            seen.append(msg)
+    lines = [
+        f"Something in `{repo}` is broken: part of its behaviour no longer works as the project's test suite expects.",
+        "",
+        f"{len(f2p)} test{'s' if len(f2p) != 1 else ''} of the existing suite now fail{'s' if len(f2p) == 1 else ''}. "
+        "The errors observed:",
+        "",
+    ]
+    lines += [f"- {m}" for m in seen[:limit]] or ["- (the tests fail without a message)"]
+    if not hide_tests:
+        lines += ["", "Failing tests:", *[f"- {t}" for t in f2p]]
+    lines += ["", "Find the cause in the library's source code and fix it. The tests are correct: do not change them."]
+    return "\n".join(lines)
+
+
+def _clean(message: str, hidden_lines: set[str]) -> str:
+    keep = []
+    for line in message.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped in hidden_lines or any(h and h in stripped for h in hidden_lines if len(h) > 12):
+            continue
+        keep.append(stripped)
+        if len(keep) == 3:
+            break
+    text = " / ".join(keep)
+    return re.sub(r"\s+", " ", text)[:300]
+
+
+# ---------------------------------------------------------------- resume bookkeeping
+
+
+def _decided(log_path: Path, image: str) -> set[str]:
+    if not log_path.exists():
+        return set()
+    return {obj["key"] for _, obj, _ in read_jsonl(log_path) if obj and obj.get("image") == image and "key" in obj}
+
+
+def _digest(patch: str) -> str:
+    return hashlib.sha1(patch.encode()).hexdigest()
