@@ -26,5 +26,5 @@ def env_request(task: Task, ttl: int = 3600) -> CreateEnvRequest:
         setup_patch=task.setup_patch,
         grading=grading_spec(task),
         ttl=ttl,
-        labels={"forager.task": task.id[:63]},
+        labels={"task": task.id},
     )
