@@ -60,6 +60,7 @@ class ImageRecord(BaseModel):
     validate_seconds: float = 0.0
     log_path: str | None = None
     pip_freeze: list[str] = Field(default_factory=list)
+    test_runner: str | None = Field(default=None, description="'pytest', or 'unittest' (a unittest suite run through pytest)")
     created_at: float = Field(default_factory=time.time)
 
     @property
