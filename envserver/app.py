@@ -1,0 +1,206 @@
+"""The HTTP API: `create_app(config)` returns the FastAPI app; routes are thin, the work is in envs/tools/grading."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from envserver import grading, tools
+from envserver.config import ServerConfig
+from envserver.docker_backend import Backend
+from envserver.envs import Env, Manager
+from envserver.errors import BadRequest, EnvGone, EnvServerError
+from envserver.metrics import Metrics
+from envserver.models import (
+    CreateEnvRequest,
+    CreateFileRequest,
+    EditRequest,
+    EnvInfo,
+    ErrorResponse,
+    FileToolResponse,
+    ShellRequest,
+    ShellResponse,
+    SubmitResponse,
+    ToolSchema,
+)
+from envserver.session import SessionDied
+
+OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+
+
+def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
+    config.check()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        # Docker calls are blocking; each waits in a thread, and 64 concurrent envs need more than the default 6.
+        loop.set_default_executor(ThreadPoolExecutor(config.docker_threads, thread_name_prefix="docker"))
+        manager = Manager(config, backend or Backend(pool_size=config.docker_threads))
+        await manager.start()
+        app.state.manager = manager
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app = FastAPI(
+        title="Forager environment server",
+        version="1",
+        description="One sandboxed container per environment; shell, edit, create and submit over HTTP.",
+        lifespan=lifespan,
+        responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)},
+    )
+    app.add_middleware(Guard, token=config.token, max_body=config.max_body)
+
+    def mgr() -> Manager:
+        return app.state.manager
+
+    @app.exception_handler(EnvServerError)
+    async def typed_error(_request: Request, exc: EnvServerError):
+        metrics.errors.labels(exc.code).inc()
+        return JSONResponse(ErrorResponse(error=exc.code, message=exc.message).model_dump(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        metrics.errors.labels("bad_request").inc()
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(ErrorResponse(error="bad_request", message=problems).model_dump(), status_code=422)
+
+    async def run_tool(env_id: str, tool: str, work):
+        """Serialise tool calls per env, time them, and turn a dead container into env_gone."""
+        env = mgr().live(env_id)
+        async with env.lock:
+            env = mgr().live(env_id)  # it may have died while this call waited its turn
+            with metrics.step(tool):
+                try:
+                    return await work(env)
+                except SessionDied as exc:
+                    mgr().mark_gone(env, f"its shell could not be restarted: {exc}")
+                    raise EnvGone(f"env {env_id} is gone: its shell could not be restarted") from exc
+                except EnvGone as exc:
+                    mgr().mark_gone(env, exc.message)
+                    raise
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        m = mgr()
+        return {
+            "ok": True, "server_id": m.server_id, "envs": len(m.envs), "pool": m.pool.stats(),
+            "pool_failures": m.pool.failures, "removed_at_start": m.startup_removed,
+        }
+
+    @app.get("/tools", response_model=list[ToolSchema])
+    async def list_tools():
+        return tools.TOOLS
+
+    @app.get("/metrics")
+    async def prometheus():
+        m = mgr()
+        return Response(metrics.render(len(m.envs), m.pool.stats()), media_type="text/plain; version=0.0.4")
+
+    @app.post("/envs", response_model=EnvInfo, status_code=201)
+    async def create_env(req: CreateEnvRequest):
+        with metrics.step("create_env"):
+            env = await mgr().create(req)
+        metrics.envs_created.labels("pool" if env.from_pool else "cold").inc()
+        return env.info()
+
+    @app.get("/envs", response_model=list[EnvInfo])
+    async def list_envs():
+        return [e.info() for e in mgr().envs.values()]
+
+    @app.get("/envs/{env_id}", response_model=EnvInfo)
+    async def get_env(env_id: str):
+        return mgr().get(env_id).info()
+
+    @app.delete("/envs/{env_id}", status_code=204)
+    async def delete_env(env_id: str):
+        await mgr().delete(env_id)
+        return Response(status_code=204)
+
+    @app.post("/envs/{env_id}/shell", response_model=ShellResponse)
+    async def shell(env_id: str, req: ShellRequest):
+        timeout = min(req.timeout or config.default_timeout, config.max_timeout)
+
+        async def work(env: Env):
+            env.outputs += 1
+            return await tools.shell(mgr().backend, env.session, req, timeout, config.output_cap, env.outputs)
+
+        return await run_tool(env_id, "shell", work)
+
+    @app.post("/envs/{env_id}/edit", response_model=FileToolResponse)
+    async def edit(env_id: str, req: EditRequest):
+        async def work(env: Env):
+            return await tools.edit(mgr().backend, env.container_id, env.workdir, req)
+
+        result = await run_tool(env_id, "edit", work)
+        if not result.ok:
+            metrics.tool_errors.labels("edit").inc()
+        return result
+
+    @app.post("/envs/{env_id}/create", response_model=FileToolResponse)
+    async def create_file(env_id: str, req: CreateFileRequest):
+        async def work(env: Env):
+            return await tools.create(mgr().backend, env.container_id, env.workdir, req)
+
+        result = await run_tool(env_id, "create", work)
+        if not result.ok:
+            metrics.tool_errors.labels("create").inc()
+        return result
+
+    @app.post("/envs/{env_id}/submit", response_model=SubmitResponse)
+    async def submit(env_id: str):
+        async def work(env: Env):
+            return await grading.submit(mgr().backend, env.container_id, env.workdir, env.base_commit, env.grading)
+
+        return await run_tool(env_id, "submit", work)
+
+    return app
+
+
+class Guard:
+    """Bearer-token check and request-size limit, as plain ASGI (cheaper than BaseHTTPMiddleware on the hot path)."""
+
+    def __init__(self, app, token: str | None, max_body: int):
+        self.app, self.max_body = app, max_body
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected and scope["path"] not in OPEN_PATHS:
+            if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+                return await _error(send, 401, "unauthorized", "missing or wrong bearer token")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _error(send, 413, "bad_request", f"request body over {self.max_body} bytes")
+        if length is not None:
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counted():  # chunked bodies carry no length: count as they arrive
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise BadRequest(f"request body over {self.max_body} bytes")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def _error(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

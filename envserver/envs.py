@@ -1,0 +1,245 @@
+"""The live environments of one server: creating, finding, expiring and removing them.
+
+Every container this server starts carries `forager.server=<server id>`, `forager.env=<env id>` and
+`forager.expires=<unix time>`. On start the server removes what an earlier run with the same id
+left behind; a reaper removes expired envs, containers of ours that no env owns, and containers
+of other servers whose own expiry label has passed. A clean shutdown removes everything it owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from envserver import grading
+from envserver.allowlist import AllowList
+from envserver.config import ServerConfig
+from envserver.docker_backend import Backend
+from envserver.errors import EnvGone, ImageNotAllowed, UnknownEnv
+from envserver.models import CreateEnvRequest, EnvInfo, GradingSpec, Limits
+from envserver.pool import WarmPool
+from envserver.session import BashSession, SessionDied
+
+log = logging.getLogger("envserver")
+
+LABEL_SERVER, LABEL_ENV, LABEL_EXPIRES = "forager.server", "forager.env", "forager.expires"
+# A warm container's expiry label must cover the longest env it can become (labels are fixed at create).
+POOL_LABEL_TTL = 2 * 86400
+TOMBSTONES = 10_000
+
+
+@dataclass(eq=False)
+class Env:
+    id: str
+    image: str
+    container_id: str
+    workdir: str
+    session: BashSession
+    created_at: float
+    expires_at: float
+    base_commit: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    grading: GradingSpec | None = None
+    status: str = "running"
+    gone_reason: str = ""
+    outputs: int = 0
+    from_pool: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def info(self) -> EnvInfo:
+        return EnvInfo(
+            id=self.id, image=self.image, container_id=self.container_id, status=self.status,
+            created_at=self.created_at, expires_at=self.expires_at, workdir=self.workdir,
+            base_commit=self.base_commit, labels=self.labels, gradable=self.grading is not None,
+        )
+
+
+class Manager:
+    def __init__(self, config: ServerConfig, backend: Backend):
+        self.config = config
+        self.backend = backend
+        self.server_id = config.resolved_server_id()
+        self.allow = AllowList(config.allow, config.catalog_path())
+        self.envs: dict[str, Env] = {}
+        self.owned: set[str] = set()  # env ids of every container we started and still own (pool, pending, live)
+        self.gone: OrderedDict[str, str] = OrderedDict()  # removed env id -> why, so late callers get 409 not 404
+        self.pool = WarmPool(self._start_env, self._remove_env, config.pool_fill_parallel)
+        self._by_container: dict[str, Env] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._stop_events = None
+        self.startup_removed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.backend.ping)
+        # Whatever an earlier run with our id left (kill -9, power loss): nothing of it is ours any more.
+        self.startup_removed = await self._remove_labelled(self._ours)
+        loop = asyncio.get_running_loop()
+        self._stop_events = self.backend.watch_deaths(
+            f"{LABEL_SERVER}={self.server_id}", lambda cid: loop.call_soon_threadsafe(self._container_died, cid)
+        )
+        self._tasks.append(loop.create_task(self._reaper()))
+        for image, size in self.config.pool.items():
+            self.pool.want(image, size)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._stop_events:
+            self._stop_events()
+        warm = await self.pool.close()
+        envs = list(self.envs.values()) + warm
+        self.envs.clear()
+        await asyncio.gather(*(self._remove_env(e) for e in envs), return_exceptions=True)
+        await self._remove_labelled(self._ours)  # anything half-started
+
+    # ------------------------------------------------------------------ envs
+
+    async def create(self, req: CreateEnvRequest) -> Env:
+        if not self.allow.allows(req.image):
+            raise ImageNotAllowed(f"image {req.image!r} is not allowed on this server (allowed: {self.allow.describe()})")
+        await asyncio.to_thread(self.backend.image_config, req.image)  # 422 when the image is not on this host
+        env = None
+        if req.limits == self.config.default_limits:
+            size = self.config.pool.get(req.image, self.config.pool_size)
+            if size:
+                env = self.pool.take(req.image)
+                self.pool.want(req.image, size)
+                if env is not None:
+                    env.from_pool = True
+        if env is None:
+            env = await self._start_env(req.image, req.limits, req.ttl)
+        try:
+            if req.setup_patch:
+                env.base_commit = await grading.make_base(self.backend, env.container_id, env.workdir, req.setup_patch)
+        except BaseException:
+            await self._remove_env(env)
+            raise
+        now = time.time()
+        env.created_at, env.expires_at = now, now + req.ttl
+        env.labels, env.grading = dict(req.labels), req.grading
+        self.envs[env.id] = env
+        return env
+
+    def get(self, env_id: str) -> Env:
+        env = self.envs.get(env_id)
+        if env is None:
+            if env_id in self.gone:
+                raise EnvGone(f"env {env_id} is gone: {self.gone[env_id]}")
+            raise UnknownEnv(f"no env with id {env_id!r} on this server")
+        return env
+
+    def live(self, env_id: str) -> Env:
+        env = self.get(env_id)
+        if env.status != "running":
+            raise EnvGone(f"env {env_id} is gone: {env.gone_reason}")
+        return env
+
+    async def delete(self, env_id: str) -> None:
+        env = self.get(env_id)
+        self.envs.pop(env_id, None)
+        self._tombstone(env_id, "deleted")
+        await self._remove_env(env)
+
+    def mark_gone(self, env: Env, reason: str) -> None:
+        if env.status == "running":
+            env.status, env.gone_reason = "gone", reason
+            asyncio.get_running_loop().create_task(env.session.close())
+
+    # ------------------------------------------------------------------ internals
+
+    async def _start_env(self, image: str, limits: Limits | None = None, ttl: float | None = None) -> Env:
+        """A running container with its bash session attached and its base commit known."""
+        limits = limits or self.config.default_limits
+        env_id = secrets.token_hex(6)
+        workdir, user = await asyncio.to_thread(self.backend.image_config, image)
+        now = time.time()
+        labels = {
+            LABEL_SERVER: self.server_id, LABEL_ENV: env_id,
+            LABEL_EXPIRES: str(int(now + (ttl if ttl is not None else POOL_LABEL_TTL))),
+        }
+        self.owned.add(env_id)  # before the container exists, so the reaper never takes it for an orphan
+        cid = None
+        try:
+            cid = await asyncio.to_thread(
+                self.backend.start_container, image, f"forager-{env_id}", labels, limits, self.config.network_mode
+            )
+            session = BashSession(self.backend, cid, workdir, user)
+            await session.start()
+            env = Env(env_id, image, cid, workdir, session, now, now + (ttl or POOL_LABEL_TTL))
+            self._by_container[cid] = env
+            env.base_commit = await grading.head_commit(self.backend, cid, workdir)
+            return env
+        except BaseException as exc:
+            self.owned.discard(env_id)
+            if cid:
+                self._by_container.pop(cid, None)
+                await asyncio.shield(asyncio.to_thread(self.backend.remove, cid))
+            if isinstance(exc, SessionDied):
+                raise EnvGone(f"the shell could not start in {image}: {exc}") from exc
+            raise
+
+    async def _remove_env(self, env: Env) -> None:
+        env.status = "gone"
+        await env.session.close()
+        self._by_container.pop(env.container_id, None)
+        try:
+            await asyncio.to_thread(self.backend.remove, env.container_id)
+        finally:
+            self.owned.discard(env.id)
+
+    def _container_died(self, container_id: str) -> None:
+        env = self._by_container.get(container_id)
+        if env is None:
+            return
+        if self.pool.discard_dead(env):
+            self.owned.discard(env.id)
+            asyncio.get_running_loop().create_task(self._remove_env(env))
+        else:
+            self.mark_gone(env, "its container stopped (killed, out of memory, or removed)")
+
+    def _ours(self, container: dict) -> bool:
+        return container["labels"].get(LABEL_SERVER) == self.server_id
+
+    def _tombstone(self, env_id: str, reason: str) -> None:
+        self.gone[env_id] = reason
+        while len(self.gone) > TOMBSTONES:
+            self.gone.popitem(last=False)
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval)
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed; trying again next interval")
+
+    async def reap_once(self) -> int:
+        now = time.time()
+        expired = [e for e in self.envs.values() if e.expires_at <= now]
+        for env in expired:
+            self.envs.pop(env.id, None)
+            self._tombstone(env.id, "expired (ttl reached)")
+        await asyncio.gather(*(self._remove_env(e) for e in expired), return_exceptions=True)
+
+        def stray(c: dict) -> bool:
+            labels = c["labels"]
+            if labels.get(LABEL_SERVER) == self.server_id:
+                return labels.get(LABEL_ENV) not in self.owned
+            try:  # another server's container: only once its own expiry has passed (that server is gone or late)
+                return float(labels.get(LABEL_EXPIRES, "inf")) < now
+            except ValueError:
+                return False
+
+        return len(expired) + await self._remove_labelled(stray)
+
+    async def _remove_labelled(self, pick) -> int:
+        containers = await asyncio.to_thread(self.backend.list_labelled, LABEL_SERVER)
+        mine = [c for c in containers if pick(c)]
+        await asyncio.gather(*(asyncio.to_thread(self.backend.remove, c["id"]) for c in mine), return_exceptions=True)
+        return len(mine)

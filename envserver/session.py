@@ -1,0 +1,196 @@
+"""A persistent bash process inside a container, spoken to over the Engine API's exec attach socket.
+
+One `exec_create` per session, not per command: each command is written to bash's stdin and its
+merged output is read back until a sentinel line that only this command could print. The socket
+is handed to asyncio, so reading never blocks the event loop (SWE-ReX issue 261) and a round trip
+costs no Docker API call.
+
+Killing the exec client kills nothing inside the container (moby 9098). bash is therefore started
+under `setsid`, as the leader of its own session and process group; a timeout kills that group
+(and any straggler still in the session) with a separate exec, then starts a fresh bash in the
+last known working directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from envserver.docker_backend import Backend
+
+# Commands reach bash inside $'...' so any text (quotes, newlines, here-docs, syntax errors) is
+# parsed by `eval` as one unit: a broken command returns an error instead of swallowing the
+# sentinel that follows it.
+_QUOTE = {ord("\\"): "\\\\", ord("'"): "\\'", 0: ""}
+_QUOTE.update({c: f"\\x{c:02x}" for c in range(1, 32)})
+_QUOTE[127] = "\\x7f"
+
+# Output kept in memory per command; past this the middle is dropped (the saved file says so).
+MAX_KEPT = 64 * 1024 * 1024
+
+SESSION_ENV = ["PAGER=cat", "GIT_PAGER=cat", "MANPAGER=cat", "TERM=dumb", "PIP_PROGRESS_BAR=off"]
+
+# Kills the session's process group, then anything else still in the session (a job that made its
+# own group with `set -m`). Runs as a separate exec, as root.
+_KILL = r"""
+kill -9 -- -{pid} 2>/dev/null
+for f in /proc/[0-9]*/stat; do
+  read -r line < "$f" 2>/dev/null || continue
+  set -- ${{line##*) }}
+  [ "$4" = "{pid}" ] && kill -9 "${{f//[^0-9]/}}" 2>/dev/null
+done
+true
+"""
+
+
+def quote(command: str) -> str:
+    return "$'" + command.translate(_QUOTE) + "'"
+
+
+@dataclass
+class RunResult:
+    output: bytes
+    exit_code: int | None
+    timed_out: bool = False
+    dropped: int = 0  # bytes dropped from the middle because the command printed more than MAX_KEPT
+    session_ended: bool = False  # bash exited (e.g. the command ran `exit`); a new session was started
+
+
+class SessionDied(Exception):
+    """bash's socket closed; the caller decides whether the container is gone."""
+
+
+class Output:
+    """Bytes read so far for one command. Keeps everything up to MAX_KEPT, then head + a rolling tail."""
+
+    def __init__(self, initial: bytes = b""):
+        self.head = b""
+        self.buf = bytearray(initial)
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > MAX_KEPT:
+            if not self.head:
+                self.head = bytes(self.buf[: MAX_KEPT // 2])
+                del self.buf[: MAX_KEPT // 2]
+            extra = len(self.buf) - MAX_KEPT // 2
+            if extra > 0:
+                del self.buf[:extra]
+                self.dropped += extra
+
+    def text(self) -> bytes:
+        if not self.head:
+            return bytes(self.buf)
+        return self.head + f"\n[... {self.dropped} bytes dropped here ...]\n".encode() + bytes(self.buf)
+
+
+class BashSession:
+    def __init__(self, backend: Backend, container_id: str, cwd: str, user: str | None = None):
+        self.backend = backend
+        self.container_id = container_id
+        self.cwd = cwd
+        self.user = user
+        self.pid: int | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._exec_id: str | None = None
+        self._pending = b""  # bytes read past the last sentinel (background jobs' output)
+        self._clean = False  # False while a command is in flight or after an interrupted read
+
+    async def start(self) -> None:
+        exec_id, sock = await asyncio.to_thread(self.backend.attach_bash, self.container_id, self.user, SESSION_ENV)
+        self._exec_id = exec_id
+        self._reader, self._writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        self._pending = b""
+        # Not eval'd: `exec 2>&1` must outlive this line so stderr joins stdout for good.
+        token = secrets.token_hex(8)
+        # The cd is here, not in exec_create, so a deleted cwd cannot stop a restart.
+        self._writer.write(f"exec 2>&1; cd {quote(self.cwd)} 2>/dev/null; {_sentinel(token, '$$')}\n".encode())
+        out = Output()
+        try:
+            self.pid, self.cwd = await asyncio.wait_for(self._read_until(token, out), 60)
+        except (SessionDied, asyncio.TimeoutError) as exc:
+            await self.close()
+            raise SessionDied(f"bash did not start: {out.text()[-2000:].decode(errors='replace')} {exc}") from exc
+        self._clean = True
+
+    async def run(self, command: str, timeout: float) -> RunResult:
+        """Run one command; merged output in order, its exit code, or timed_out with output so far."""
+        if not self._clean:
+            await self.restart()
+        token = secrets.token_hex(8)
+        line = f"eval {quote(command)} </dev/null 2>&1; {_sentinel(token, '$?')}\n"
+        out = Output(self._pending)
+        self._pending = b""
+        self._clean = False
+        try:
+            self._writer.write(line.encode())
+            code, cwd = await asyncio.wait_for(self._read_until(token, out), timeout)
+        except asyncio.TimeoutError:
+            await self.restart()
+            return RunResult(out.text(), None, timed_out=True, dropped=out.dropped)
+        except SessionDied:
+            code = await asyncio.to_thread(self.backend.exec_exit_code, self._exec_id)
+            await self.restart()  # raises if the container itself is gone
+            return RunResult(out.text(), code, dropped=out.dropped, session_ended=True)
+        self.cwd = cwd
+        self._clean = True
+        return RunResult(out.text(), code, dropped=out.dropped)
+
+    async def _read_until(self, token: str, out: Output) -> tuple[int, str]:
+        marker = f"\n__FORAGER_{token}__ ".encode()
+        searched = 0
+        reader = self._reader
+        try:
+            while True:
+                header = await reader.readexactly(8)
+                data = await reader.readexactly(int.from_bytes(header[4:8], "big"))
+                out.add(data)
+                buf = out.buf
+                idx = buf.find(marker, max(0, searched - len(marker)))
+                if idx < 0:
+                    searched = len(buf)
+                    continue
+                end = buf.find(b"\n", idx + len(marker))
+                if end < 0:
+                    searched = idx  # the status line is still arriving
+                    continue
+                code_s, _, cwd = bytes(buf[idx + len(marker) : end]).decode(errors="replace").partition(" ")
+                self._pending = bytes(buf[end + 1 :])
+                del buf[idx:]
+                _drop_trace_of_sentinel(buf, token)
+                return int(code_s), cwd
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            raise SessionDied(str(exc)) from exc
+
+    async def restart(self) -> None:
+        """Kill whatever the session runs, inside the container, and start a fresh bash in the same cwd."""
+        await self.kill()
+        await self.start()
+
+    async def kill(self) -> None:
+        self._clean = False
+        if self.pid:
+            await asyncio.to_thread(self.backend.run_script, self.container_id, _KILL.format(pid=self.pid), 30, "root")
+            self.pid = None
+        await self.close()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _sentinel(token: str, code: str) -> str:
+    # The token is split across two printf arguments so `set -x` tracing never prints the marker.
+    return f"printf '\\n__FORAGER_%s__ %d %s\\n' {token} \"{code}\" \"$PWD\""
+
+
+def _drop_trace_of_sentinel(buf: bytearray, token: str) -> None:
+    """Under `set -x` bash traces our printf too: that line is ours, not the command's output."""
+    start = buf.rfind(b"\n", 0, max(0, len(buf) - 1)) + 1
+    last = bytes(buf[start:])
+    if b"__FORAGER_%s__" in last and token.encode() in last:
+        del buf[start:]
