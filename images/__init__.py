@@ -1,0 +1,1 @@
+"""The image builder (placeholder docstring, replaced below)."""

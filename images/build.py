@@ -1,0 +1,306 @@
+"""Build and validate repository images: fetch → detect → deps layer → repo layer → validate → catalog.
+
+Every outcome, good or bad, is appended to the catalog as an ImageRecord with a failure class and the
+path of a log holding everything that happened. An `ok` record whose image still exists makes the next
+run skip that repo@commit (resume); `force` rebuilds.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from docker.errors import BuildError, DockerException
+
+from forager.config import BASE_IMAGE_REPO, Settings
+from forager.models import ImageRecord, RepoSpec
+from images import catalog, layers, sources
+from images.detect import DetectError, detect
+from images.validate import validate
+
+STAGES = ("fetch", "detect", "deps", "repo", "validate")
+
+
+@dataclass
+class BuildOptions:
+    force: bool = False
+    min_pass_rate: float = 0.9
+    test_timeout: int = 600  # seconds per validation run
+    runs: int = 2  # validation runs; outcomes that differ between them are flaky
+    push: str | None = None  # REGISTRY/PREFIX to tag and push ok images to
+
+
+class _Log:
+    """One build's log file; also feeds an optional live callback."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def __call__(self, text: str) -> None:
+        self._fh.write(text.rstrip("\n") + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_tag_locks: dict[str, threading.Lock] = {}
+_tag_guard = threading.Lock()
+
+
+def _tag_lock(tag: str) -> threading.Lock:
+    with _tag_guard:
+        return _tag_locks.setdefault(tag, threading.Lock())
+
+
+def available_pythons(client: docker.DockerClient) -> list[str]:
+    """Python versions with a local base image (forager/base:pyX.Y)."""
+    versions = []
+    for image in client.images.list(name=BASE_IMAGE_REPO):
+        for tag in image.tags:
+            if tag.startswith(f"{BASE_IMAGE_REPO}:py"):
+                versions.append(tag.split(":py", 1)[1])
+    return sorted(set(versions))
+
+
+def build_repo(spec: RepoSpec, settings: Settings, options: BuildOptions | None = None, *, client=None, on_stage=None) -> ImageRecord:
+    """Build, validate and catalog one repository; never raises for a repository's own failure."""
+    record, _cached = _build(spec, settings, options or BuildOptions(), client or docker.from_env(timeout=900), on_stage)
+    return record
+
+
+def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_stage) -> tuple[ImageRecord, bool]:
+    stage = on_stage or (lambda _name: None)
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log = _Log(settings.logs_dir / "build" / f"{spec.name}-{stamp}-{id(spec) & 0xFFFF:04x}.log")
+    record = ImageRecord(repo=spec.name, source=spec.source, status="error", log_path=str(log.path))
+
+    def fail(status: str, reason: str) -> tuple[ImageRecord, bool]:
+        log(f"FAILED [{status}]: {reason}")
+        record.status, record.reason = status, reason
+        record.build_seconds = record.build_seconds or round(time.monotonic() - started, 2)
+        catalog.append_record(settings.catalog_path, record)
+        return record, False
+
+    workspace = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=_ensure(settings.build_dir)))
+    try:
+        log(f"source: {spec.source} ({spec.kind} {spec.location} ref={spec.ref})")
+        try:
+            mirror, commit = sources.fetch(spec, settings.mirror_dir, log)
+        except sources.SourceError as exc:
+            return fail("clone", str(exc))
+        except Exception as exc:  # an unexpected failure of the source is still a clone failure, logged
+            return fail("clone", f"{type(exc).__name__}: {exc}")
+        record.commit = commit
+        log(f"commit: {commit}")
+        stage("fetch")
+
+        if not opts.force:
+            previous = catalog.find_ok(settings.catalog_path, spec.name, commit)
+            if previous and layers.image_exists(client, previous.tag):
+                log(f"cached: {previous.tag} is ok in the catalog; skipping (use force to rebuild)")
+                log.close()
+                return previous, True
+
+        tree = sources.export_tree(mirror, commit, workspace / "tree")
+        try:
+            det = detect(tree, spec, available_pythons(client))
+        except DetectError as exc:
+            return fail("detect", str(exc))
+        for note in det.notes:
+            log(f"detect: {note}")
+        record.python, record.test_command, record.install_commands = det.python, det.test_command, det.install
+        record.test_runner = det.test_runner
+        stage("detect")
+
+        dkey = layers.deps_key(det.python, det.requirements, det.system_packages)
+        record.deps_tag = layers.deps_tag(spec.name, dkey)
+        with _tag_lock(record.deps_tag):
+            if layers.image_exists(client, record.deps_tag) and not opts.force:
+                log(f"deps layer reused: {record.deps_tag}")
+            else:
+                ctx = layers.write_context(
+                    workspace / "deps",
+                    {"Dockerfile": layers.deps_dockerfile(det.python, det.system_packages), "requirements.txt": "\n".join(det.requirements) + "\n"},
+                )
+                log(f"deps layer: building {record.deps_tag}\n--- requirements.txt\n" + "\n".join(det.requirements))
+                labels = {"forager.kind": "deps", "forager.repo": spec.name, "forager.deps_hash": dkey}
+                try:
+                    layers.docker_build(client, ctx, record.deps_tag, labels, log)
+                except BuildError as exc:
+                    return fail("install", f"dependency layer failed: {_last_error(exc)}")
+        stage("deps")
+
+        rkey = layers.repo_key(dkey, commit, det.install, det.install_env)
+        tag = layers.repo_tag(spec.name, rkey)
+        with _tag_lock(tag):
+            if layers.image_exists(client, tag) and not opts.force:
+                log(f"repo layer reused: {tag}")
+            else:
+                dockerfile = layers.repo_dockerfile(record.deps_tag, spec.name, commit, det.install, det.install_env)
+                ctx = layers.write_context(workspace / "repo-ctx", {"Dockerfile": dockerfile}, tree=tree)
+                log(f"repo layer: building {tag}\n--- Dockerfile\n{dockerfile}")
+                labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
+                try:
+                    layers.docker_build(client, ctx, tag, labels, log)
+                except BuildError as exc:
+                    return fail("install", f"repository layer failed: {_last_error(exc)}")
+        record.tag = tag
+        record.size_bytes = client.images.get(tag).attrs.get("Size")
+        record.build_seconds = round(time.monotonic() - started, 2)
+        stage("repo")
+
+        v_started = time.monotonic()
+        result = validate(
+            client, tag, det.test_command, timeout=opts.test_timeout, min_pass_rate=opts.min_pass_rate, runs=opts.runs, log=log
+        )
+        record.validate_seconds = round(time.monotonic() - v_started, 2)
+        record.pip_freeze = result.pip_freeze
+        record.test_outcomes, record.flaky, record.test_seconds = result.outcomes, result.flaky, result.test_seconds
+        record.tests_collected = len(result.outcomes)
+        record.tests_passed, record.tests_failed, record.tests_skipped = result.passed, result.failed, result.skipped
+        stage("validate")
+        if result.status != "ok":
+            return fail(result.status, result.reason)
+        record.status, record.reason = "ok", result.reason
+        log(f"OK: {tag}: {result.reason}")
+        catalog.append_record(settings.catalog_path, record)
+        return record, False
+    except DockerException as exc:
+        return fail("error", f"docker: {exc}")
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+        log.close()
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _last_error(exc: BuildError) -> str:
+    """The most telling lines of a failed build: the last `error` lines of the tool, then Docker's verdict."""
+    lines = [str(c.get("stream", "")).strip() if isinstance(c, dict) else str(c).strip() for c in (exc.build_log or [])]
+    lines = [ln for ln in "\n".join(lines).splitlines() if ln.strip()]
+    tool = [ln.strip() for ln in lines if re.search(r"error", ln, re.I) and "returned a non-zero code" not in ln]
+    verdict = str(exc.msg).strip().splitlines()[-1] if str(exc.msg).strip() else "docker build failed"
+    return "; ".join([*tool[-2:], verdict])[:800]
+
+
+def build_list(
+    specs: list[RepoSpec],
+    settings: Settings,
+    jobs: int = 1,
+    force: bool = False,
+    progress=None,
+    options: BuildOptions | None = None,
+    summary: dict | None = None,
+) -> list[ImageRecord]:
+    """Build every spec, `jobs` at a time; records come back in the order of `specs`.
+
+    `progress` is a rich Progress (forager.ui.progress()) or None: one bar per stage. `summary`, when
+    given, is filled with counts (ok, cached, failures by class, pushed, push_errors).
+    """
+    opts = options or BuildOptions(force=force)
+    opts.force = opts.force or force
+    client = docker.from_env(timeout=900)
+    bars = {s: progress.add_task(s, total=len(specs), status="") for s in STAGES} if progress else {}
+    bar_lock = threading.Lock()
+    active = [0]
+    results: list[tuple[ImageRecord, bool] | None] = [None] * len(specs)
+
+    def advance(name: str, spec: RepoSpec) -> None:
+        if progress:
+            with bar_lock:
+                progress.update(bars[name], advance=1, status=spec.name)
+
+    def one(index: int) -> None:
+        spec = specs[index]
+        done: list[str] = []
+
+        def on_stage(name: str) -> None:
+            done.append(name)
+            advance(name, spec)
+
+        with bar_lock:
+            active[0] += 1
+        try:
+            results[index] = _build(spec, settings, opts, docker.from_env(timeout=900), on_stage)
+        finally:
+            # Stages a repo never reached still complete their bars, so every bar ends full.
+            for name in STAGES:
+                if name not in done:
+                    advance(name, spec)
+            with bar_lock:
+                active[0] -= 1
+                idle = active[0] == 0
+            if idle and not results[index][1]:
+                prune_build_leftovers(client)  # only when no build of ours is running mid-way
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, range(len(specs))))
+
+    records = [r for r, _ in results]
+    if summary is not None:
+        summary.update(
+            total=len(records),
+            ok=sum(r.status == "ok" for r in records),
+            cached=sum(cached for _, cached in results),
+            failed={s: sum(r.status == s for r in records) for s in sorted({r.status for r in records} - {"ok"})},
+            pushed=[],
+            push_errors=[],
+        )
+    if opts.push:
+        for record in records:
+            if record.status == "ok":
+                try:
+                    pushed = push_image(client, record, opts.push)
+                    if summary is not None:
+                        summary["pushed"].append(pushed)
+                except PushError as exc:
+                    if summary is not None:
+                        summary["push_errors"].append(str(exc))
+                    else:
+                        raise
+    prune_build_leftovers(client)
+    return records
+
+
+class PushError(Exception):
+    """Tagging or pushing an image to a registry failed."""
+
+
+def push_image(client: docker.DockerClient, record: ImageRecord, destination: str) -> str:
+    """Tag `record.tag` as DESTINATION/repo-<name>:<hash> and push it; return the pushed reference."""
+    destination = destination.rstrip("/")
+    if not destination or " " in destination:
+        raise PushError(f"bad push destination {destination!r}: expected REGISTRY/PREFIX")
+    name, version = record.tag.split("/", 1)[1].rsplit(":", 1)
+    target = f"{destination}/{name}"
+    try:
+        client.images.get(record.tag).tag(target, version)
+        for chunk in client.images.push(target, tag=version, stream=True, decode=True):
+            if "error" in chunk:
+                raise PushError(f"push of {target}:{version} failed: {chunk['error']}")
+    except DockerException as exc:
+        raise PushError(f"push of {target}:{version} failed: {exc}") from exc
+    return f"{target}:{version}"
+
+
+def prune_build_leftovers(client: docker.DockerClient) -> int:
+    """Remove dangling images left by our builds (failed steps, superseded tags); returns bytes freed."""
+    try:
+        result = client.images.prune(filters={"dangling": True, "label": f"{layers.BUILD_LABEL}=1"})
+    except DockerException:
+        return 0
+    return int(result.get("SpaceReclaimed") or 0)
