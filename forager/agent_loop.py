@@ -76,7 +76,8 @@ def run_episode(
             req.labels.update(env_labels)
         if env_ttl:
             req.ttl = max(req.ttl, int(env_ttl))
-        env_id = env_client.create_env(req).id
+        env_id = env_client.create_env(req.image, ttl=req.ttl, workdir=req.workdir, setup_patch=req.setup_patch,
+                                       grading=req.grading, labels=req.labels).id
         episode.tools = [_schema(t) for t in env_client.tools()]
         while exit_reason is None:
             if len(episode.steps) >= max_turns:

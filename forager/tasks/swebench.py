@@ -1,0 +1,166 @@
+"""Issue-fix tasks from SWE-bench's instance format (JSONL).
+
+Fields read: instance_id, repo, base_commit, problem_statement, test_patch, patch, FAIL_TO_PASS,
+PASS_TO_PASS (JSON-encoded string lists or real lists). Optional: `source`, a list entry that
+overrides where the code comes from (a local path, a git URL, `pypi:NAME==VERSION`), for hosts that
+cannot reach GitHub; and `test_command`, `python`, `install` overrides for the builder.
+
+The builder makes the image at base_commit; grading restores the touched test files, applies the
+test_patch and runs the named tests. Malformed records are reported by line and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from forager.config import Settings
+from forager.models import ImageRecord, RepoSpec, Task
+from forager.tasks.store import append_tasks, load_tasks, tasks_path
+
+
+class SWEInstance(BaseModel):
+    instance_id: str = Field(min_length=1)
+    repo: str = Field(min_length=1)
+    base_commit: str = Field(min_length=1)
+    problem_statement: str = Field(min_length=1)
+    test_patch: str = ""
+    patch: str = ""
+    FAIL_TO_PASS: list[str]
+    PASS_TO_PASS: list[str] = Field(default_factory=list)
+    source: str | None = None
+    test_command: str | None = None
+    python: str | None = None
+    install: list[str] | None = None
+
+    @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
+    @classmethod
+    def _decode(cls, value: Any) -> Any:
+        if isinstance(value, str):  # SWE-bench stores these lists JSON-encoded
+            value = json.loads(value)
+        return value
+
+    @field_validator("FAIL_TO_PASS")
+    @classmethod
+    def _nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("FAIL_TO_PASS is empty: nothing would grade the fix")
+        return value
+
+
+@dataclass
+class ImportReport:
+    tasks: list[Task] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # "file:line: why" or "instance: why"
+    skipped: int = 0  # already imported
+
+
+def read_instances(path: str | Path) -> tuple[list[tuple[int, SWEInstance]], list[str]]:
+    """Valid instances with their line numbers, and one message per malformed line."""
+    good: list[tuple[int, SWEInstance]] = []
+    errors: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError("not a JSON object")
+                good.append((n, SWEInstance.model_validate(obj)))
+            except ValidationError as exc:
+                why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
+                errors.append(f"{path}:{n}: {why}")
+            except ValueError as exc:
+                errors.append(f"{path}:{n}: {exc}")
+    return good, errors
+
+
+def repo_spec(inst: SWEInstance) -> RepoSpec:
+    from images.sources import parse_entry
+
+    overrides = {k: v for k, v in {"test_command": inst.test_command, "python": inst.python,
+                                   "install": inst.install}.items() if v}
+    entry = inst.source or f"{inst.repo}@{inst.base_commit}"
+    return parse_entry(entry, **overrides)
+
+
+def patch_files(patch: str) -> tuple[list[str], list[str]]:
+    """(files the patch modifies or deletes, files it creates)."""
+    existing, created = [], []
+    for m in re.finditer(r"^--- (\S+)\n\+\+\+ (\S+)", patch, re.M):
+        old, new = m.group(1), m.group(2)
+        path = (new if new != "/dev/null" else old)
+        path = path[2:] if path[:2] in ("a/", "b/") else path
+        (created if old == "/dev/null" else existing).append(path)
+    return existing, created
+
+
+def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
+    existing, created = patch_files(inst.test_patch)
+    id_files = {t.split("::")[0] for t in inst.FAIL_TO_PASS + inst.PASS_TO_PASS if "::" in t}
+    return Task(
+        id=inst.instance_id,
+        kind="issue-fix",
+        repo=record.repo,
+        image=record.tag or "",
+        commit=record.commit or inst.base_commit,
+        workdir=record.workdir,
+        problem_statement=inst.problem_statement,
+        test_patch=inst.test_patch,
+        test_files=sorted((set(existing) | id_files) - set(created)),
+        test_command=record.test_command or "python -m pytest",
+        fail_to_pass=inst.FAIL_TO_PASS,
+        pass_to_pass=inst.PASS_TO_PASS,
+        gold_patch=inst.patch,
+        hide_tests=False,
+    )
+
+
+def import_instances(
+    path: str | Path,
+    settings: Settings | None = None,
+    *,
+    build: Callable[[RepoSpec], ImageRecord] | None = None,
+    force: bool = False,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> ImportReport:
+    """Build each instance's image at its base commit (the builder caches) and store the task."""
+    settings = settings or Settings.from_env()
+    if build is None:
+        from images.build import build_repo
+
+        def build(spec: RepoSpec) -> ImageRecord:
+            return build_repo(spec, settings)
+
+    report = ImportReport()
+    instances, report.errors = read_instances(path)
+    known = {t.id for t in load_tasks(settings.tasks_dir)} if settings.tasks_dir.exists() and not force else set()
+    for i, (line, inst) in enumerate(instances, 1):
+        if inst.instance_id in known:
+            report.skipped += 1
+        else:
+            try:
+                spec = repo_spec(inst)
+            except ValueError as exc:
+                report.errors.append(f"{path}:{line}: {inst.instance_id}: {exc}")
+                spec = None
+            if spec is not None:
+                record = build(spec)
+                if record.status != "ok" or not record.tag:
+                    report.errors.append(f"{path}:{line}: {inst.instance_id}: image build failed "
+                                         f"({record.status}: {record.reason[:300]})")
+                else:
+                    task = to_task(inst, record)
+                    append_tasks(tasks_path(settings.tasks_dir, task.repo), [task])
+                    report.tasks.append(task)
+                    known.add(task.id)
+        if on_progress:
+            on_progress(i, len(instances), inst.instance_id)
+    return report
