@@ -18,6 +18,7 @@ from typing import Any
 import socket
 
 import httpx
+from pydantic import ValidationError
 
 from envserver.errors import (  # noqa: F401  (re-exported: callers import the errors from the client)
     BY_CODE,
@@ -48,7 +49,11 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def _create_body(image: str, **fields: Any) -> dict:
-    return CreateEnvRequest(image=image, **fields).model_dump(mode="json", exclude_defaults=True) | {"image": image}
+    try:  # the same checks the server makes, raised as the same error
+        request = CreateEnvRequest(image=image, **fields)
+    except ValidationError as exc:
+        raise BadRequest(f"invalid create_env request: {exc}") from exc
+    return request.model_dump(mode="json", exclude_defaults=True) | {"image": image}
 
 
 def _raise_for(response: httpx.Response) -> None:

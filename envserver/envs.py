@@ -19,7 +19,7 @@ from envserver import grading
 from envserver.allowlist import AllowList
 from envserver.config import ServerConfig
 from envserver.docker_backend import Backend
-from envserver.errors import EnvGone, ImageNotAllowed, UnknownEnv
+from envserver.errors import BadRequest, EnvGone, ImageNotAllowed, UnknownEnv
 from envserver.models import CreateEnvRequest, EnvInfo, GradingSpec, Limits
 from envserver.pool import WarmPool
 from envserver.session import BashSession, SessionDied
@@ -103,9 +103,12 @@ class Manager:
     async def create(self, req: CreateEnvRequest) -> Env:
         if not self.allow.allows(req.image):
             raise ImageNotAllowed(f"image {req.image!r} is not allowed on this server (allowed: {self.allow.describe()})")
-        await asyncio.to_thread(self.backend.image_config, req.image)  # 422 when the image is not on this host
+        # 422 when the image is not on this host (nothing is ever pulled)
+        image_workdir, _user = await asyncio.to_thread(self.backend.image_config, req.image)
+        if req.workdir is not None and not req.workdir.startswith("/"):
+            raise BadRequest(f"workdir must be an absolute path, got {req.workdir!r}")
         env = None
-        if req.limits == self.config.default_limits:
+        if req.limits == self.config.default_limits and req.workdir in (None, image_workdir):
             size = self.config.pool.get(req.image, self.config.pool_size)
             if size:
                 env = self.pool.take(req.image)
@@ -113,7 +116,7 @@ class Manager:
                 if env is not None:
                     env.from_pool = True
         if env is None:
-            env = await self._start_env(req.image, req.limits, req.ttl)
+            env = await self._start_env(req.image, req.limits, req.ttl, req.workdir)
         try:
             if req.setup_patch:
                 env.base_commit = await grading.make_base(self.backend, env.container_id, env.workdir, req.setup_patch)
@@ -153,11 +156,13 @@ class Manager:
 
     # ------------------------------------------------------------------ internals
 
-    async def _start_env(self, image: str, limits: Limits | None = None, ttl: float | None = None) -> Env:
+    async def _start_env(
+        self, image: str, limits: Limits | None = None, ttl: float | None = None, workdir: str | None = None
+    ) -> Env:
         """A running container with its bash session attached and its base commit known."""
         limits = limits or self.config.default_limits
         env_id = secrets.token_hex(6)
-        workdir, user = await asyncio.to_thread(self.backend.image_config, image)
+        image_workdir, user = await asyncio.to_thread(self.backend.image_config, image)
         now = time.time()
         labels = {
             LABEL_SERVER: self.server_id, LABEL_ENV: env_id,
@@ -169,6 +174,12 @@ class Manager:
             cid = await asyncio.to_thread(
                 self.backend.start_container, image, f"forager-{env_id}", labels, limits, self.config.network_mode
             )
+            if workdir is None:
+                workdir = image_workdir
+            else:
+                st = await asyncio.to_thread(self.backend.stat, cid, workdir)
+                if st is None or not st.is_dir:
+                    raise BadRequest(f"workdir {workdir} is not a directory in {image}")
             session = BashSession(self.backend, cid, workdir, user)
             await session.start()
             env = Env(env_id, image, cid, workdir, session, now, now + (ttl or POOL_LABEL_TTL))
