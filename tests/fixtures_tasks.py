@@ -92,3 +92,24 @@ def scripted_model():
     yield model
     server.shutdown()
     server.server_close()
+
+
+# ---------------------------------------------------------------- synthesized tasks (built once per session)
+
+
+class Synthesized:
+    def __init__(self, record, settings, report):
+        self.record, self.settings, self.report = record, settings, report
+        self.tasks = report.tasks
+
+
+@pytest.fixture(scope="session")
+def synthesized(tiny_repo_image, tmp_path_factory):
+    """Mutate-fix tasks synthesized from the builder's tiny repo image, in a session FORAGER_HOME."""
+    from forager.config import Settings
+    from forager.tasks.synth import run_synthesis
+
+    home = tmp_path_factory.mktemp("tasks-home")
+    settings = Settings.from_env().model_copy(update={"home": home})
+    report = run_synthesis(tiny_repo_image, settings, max_tasks=6, max_candidates=40, seed=1)
+    return Synthesized(tiny_repo_image, settings, report)

@@ -1,0 +1,52 @@
+"""Mutate-fix synthesis on a real image built by the builder: tasks are real, checked outside the synthesizer."""
+
+import docker
+
+from envserver.junit import parse_junit
+from forager.tasks.sandbox import RepoContainer
+from forager.tasks.store import load_tasks, tasks_path
+from forager.tasks.synth import run_synthesis
+
+
+def test_synthesis_yields_validated_tasks(synthesized):
+    rep, tasks = synthesized.report, synthesized.tasks
+    assert len(tasks) == 6, rep
+    assert rep.tried >= len(tasks) and rep.verdicts["task"] == len(tasks)
+    for t in tasks:
+        assert t.kind == "mutate-fix" and t.image == synthesized.record.tag
+        assert t.fail_to_pass and not set(t.fail_to_pass) & set(t.pass_to_pass)
+        assert t.setup_patch.startswith("diff --git") and t.gold_patch.startswith("diff --git")
+        assert t.mutation and t.mutation.file not in t.test_files and t.test_files
+        for test in t.fail_to_pass:  # hidden: neither the test's name nor the mutated line is in the statement
+            assert test.split("::")[-1] not in t.problem_statement
+        mutated = [l[1:].strip() for l in t.setup_patch.splitlines() if l.startswith("+") and not l.startswith("+++")]
+        assert not any(m and len(m) > 12 and m in t.problem_statement for m in mutated)
+    assert len({t.setup_patch for t in tasks}) == len(tasks)  # no duplicates
+    assert {t.id for t in load_tasks(tasks_path(synthesized.settings.tasks_dir, synthesized.record.repo))} == {t.id for t in tasks}
+
+
+def test_f2p_really_fail_with_the_patch_and_pass_without(synthesized, docker_client):
+    """Independent check in a fresh container: apply setup_patch with git, run the suite, read JUnit."""
+    rec = synthesized.record
+    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
+        for task in synthesized.tasks[:2]:
+            clean = parse_junit(box.run_tests(rec.test_command, 300).junit)
+            assert all(clean[t] == "passed" for t in task.fail_to_pass + task.pass_to_pass)
+            box.write("/tmp/setup.diff", task.setup_patch)
+            assert box.sh("git apply /tmp/setup.diff")[0] == 0
+            broken = parse_junit(box.run_tests(rec.test_command, 300).junit)
+            assert all(broken.get(t) in ("failed", "error") for t in task.fail_to_pass)
+            assert all(broken[t] == "passed" for t in task.pass_to_pass)
+            box.write("/tmp/gold.diff", task.gold_patch)
+            assert box.sh("git apply /tmp/gold.diff")[0] == 0
+            assert box.sh("git status --porcelain --untracked-files=no")[1].strip() == ""
+
+
+def test_rerun_resumes_and_skips_decided_candidates(synthesized):
+    rep = synthesized.report
+    again = run_synthesis(synthesized.record, synthesized.settings, max_tasks=6, max_candidates=40, seed=1)
+    assert again.tried == 0 and [t.id for t in again.tasks] == [t.id for t in synthesized.tasks]
+    more = run_synthesis(synthesized.record, synthesized.settings, max_tasks=7, max_candidates=rep.tried + 2, seed=1)
+    assert more.skipped == rep.tried  # every candidate decided before is skipped, not re-validated
+    assert more.tried <= 2 and len(more.tasks) >= 6
+    assert len(load_tasks(synthesized.settings.tasks_dir)) == len(more.tasks)
