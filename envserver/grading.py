@@ -50,6 +50,7 @@ rm -rf .git
 git init -q -b main
 {GIT} add -A
 {_IDENTITY} {GIT} commit -q --allow-empty -m base
+git reflog expire --expire=now --all
 git rev-parse HEAD
 """
     code, out = await _run(backend, cid, script, workdir)
