@@ -234,9 +234,11 @@ class Manager:
         now = time.time()
         expired = [e for e in self.envs.values() if e.expires_at <= now]
         for env in expired:
-            self.envs.pop(env.id, None)
-            self._tombstone(env.id, "expired (ttl reached)")
+            env.status, env.gone_reason = "gone", "expired (ttl reached)"
         await asyncio.gather(*(self._remove_env(e) for e in expired), return_exceptions=True)
+        for env in expired:  # forgotten only once its container is gone
+            self.envs.pop(env.id, None)
+            self._tombstone(env.id, env.gone_reason)
 
         def stray(c: dict) -> bool:
             labels = c["labels"]

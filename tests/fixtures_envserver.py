@@ -118,8 +118,10 @@ def stop_envserver(server: EnvServer, kill: bool = False) -> None:
             server.proc.wait(10)
 
 
-def containers_of(docker_client, server_id: str) -> list:
-    return docker_client.containers.list(all=True, filters={"label": f"forager.server={server_id}"})
+def containers_of(docker_client, server_id: str) -> list[dict]:
+    """Containers labelled with this server id, as the Engine API lists them (dicts with Id, Labels, State)."""
+    # The low-level list: docker-py's high-level one inspects each container and races with removals.
+    return docker_client.api.containers(all=True, filters={"label": f"forager.server={server_id}"})
 
 
 @pytest.fixture(scope="session")
