@@ -1,1 +1,36 @@
-"""The image builder (placeholder docstring, replaced below)."""
+"""The image builder: repository lists → validated, layered Docker images → the catalog.
+
+Stable Python API (other packages call these; keep the signatures):
+
+    from images.sources import parse_list, parse_entry
+    specs, errors = parse_list("examples/repos.txt")   # -> (list[RepoSpec], ["file:line: why", ...])
+    spec = parse_entry("pypi:six==1.17.0")              # one entry -> RepoSpec (ValueError if malformed)
+
+    from images.build import build_list, build_repo, BuildOptions
+    records = build_list(specs, settings, jobs=2, force=False, progress=None)   # -> list[ImageRecord], in order
+    record = build_repo(spec, settings)                                          # -> ImageRecord
+    # options=BuildOptions(min_pass_rate=0.9, test_timeout=600, runs=2, push="REGISTRY/PREFIX")
+    # summary={} (build_list) is filled with counts: total, ok, cached, failed{class: n}, pushed, push_errors
+
+    from images.catalog import load_catalog, ok_records, load_records
+    load_catalog(settings.catalog_path)   # -> {tag: ImageRecord}, the last record per repo@commit wins
+    ok_records(settings.catalog_path)     # -> [ImageRecord] with status "ok" (the env server's allow-list)
+    load_records(settings.catalog_path)   # -> every outcome, failures included
+
+Sources (images.sources): `owner/name[@ref]` (GitHub), a git URL or local path with `@ref`, or
+`pypi:NAME==VERSION` (the sdist, committed as a one-commit repo with a deterministic SHA). Everything goes
+through mirrors in $FORAGER_HOME/mirrors; a pinned ref already there is used without network.
+
+Images (images.layers), each tag derived from a hash of its inputs so the same inputs never build twice:
+  forager/base:py3.11 → forager/deps-<name>:<hash12> (deps + pytest in /opt/venv, no repo code; keyed by
+  python + requirement lines distilled from the manifests) → forager/repo-<name>:<hash12> (the repo at /repo,
+  `pip install --no-deps -e .`, a fresh one-commit git repo; labels forager.repo, forager.commit,
+  forager.kind=repo; /opt/forager/pip-freeze.txt).
+
+Validation (images.validate): the test command runs twice in the image with network none and a timeout;
+outcomes come from JUnit XML only; tests whose outcome differs are flaky. `ok` needs tests collected and
+passed/(passed+failed) >= min_pass_rate over non-skipped, non-flaky tests.
+
+Failure classes (ImageRecord.status): clone, detect, install, collect, timeout, low_pass_rate, error
+(Docker itself failed); ImageRecord.log_path keeps the full log.
+"""

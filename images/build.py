@@ -188,13 +188,18 @@ def _ensure(path: Path) -> Path:
     return path
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _last_error(exc: BuildError) -> str:
-    """The most telling lines of a failed build: the last `error` lines of the tool, then Docker's verdict."""
-    lines = [str(c.get("stream", "")).strip() if isinstance(c, dict) else str(c).strip() for c in (exc.build_log or [])]
-    lines = [ln for ln in "\n".join(lines).splitlines() if ln.strip()]
-    tool = [ln.strip() for ln in lines if re.search(r"error", ln, re.I) and "returned a non-zero code" not in ln]
-    verdict = str(exc.msg).strip().splitlines()[-1] if str(exc.msg).strip() else "docker build failed"
-    return "; ".join([*tool[-2:], verdict])[:800]
+    """The most telling lines of a failed build: a Python exception, the tool's error, Docker's verdict."""
+    text = _ANSI.sub("", "".join(str(c.get("stream", "")) if isinstance(c, dict) else str(c) for c in (exc.build_log or [])))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.search(r"\b\w+(Error|Exception)\b: ", ln)]
+    tool = [ln for ln in lines if re.match(r"(ERROR|error|E)[: ]", ln)]
+    verdict = _ANSI.sub("", str(exc.msg)).strip().splitlines()[-1] if str(exc.msg).strip() else "docker build failed"
+    picked = list(dict.fromkeys([*raised[-1:], *tool[-1:], verdict]))
+    return "; ".join(picked)[:800]
 
 
 def build_list(

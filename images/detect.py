@@ -56,7 +56,9 @@ def detect(root: Path, spec: RepoSpec, available: list[str]) -> Detection:
         install = list(spec.install)
         notes.append(f"install: override {install}")
     elif meta.installable:
-        install = ["python -m pip install --no-deps --no-build-isolation -e ."]
+        # The backend is preinstalled in the deps layer, so no network is needed here; if the backend
+        # wants more for an editable build than its requires list says, fall back to build isolation.
+        install = ["python -m pip install --no-deps --no-build-isolation -e . || python -m pip install --no-deps -e ."]
         if any(b in r for r in meta.build_requires for b in SCM_BACKENDS) and not (root / "PKG-INFO").exists():
             install_env["SETUPTOOLS_SCM_PRETEND_VERSION"] = "0.0.0+forager"
             notes.append("setuptools_scm/hatch-vcs without PKG-INFO: pretend version 0.0.0+forager")
@@ -104,7 +106,10 @@ class _Meta:
             self.build_requires = ["setuptools>=61", "wheel"]  # pip's default for setup.py projects
         else:
             self.build_requires = []
-        # Without build isolation, setuptools < 70.1 needs `wheel` for editable installs.
+        # Editable builds without isolation need what the backend asks for only at build time:
+        # `wheel` for setuptools < 70.1, `editables` for hatchling.
+        if any(r.lower().startswith("hatchling") for r in self.build_requires):
+            self.build_requires = [*self.build_requires, "editables"]
         if any(r.replace("_", "-").lower().startswith("setuptools") and "scm" not in r for r in self.build_requires):
             self.build_requires = [*self.build_requires, "wheel"] if "wheel" not in self.build_requires else self.build_requires
 

@@ -208,10 +208,12 @@ def fetch(spec: RepoSpec, mirrors: Path, log=print) -> tuple[git.Repo, str]:
         try:
             if spec.kind == "pypi":
                 return _fetch_pypi(spec, path, log)
-            if spec.kind == "local" and not _is_git_dir(Path(spec.location)):
+            if spec.kind == "local" and not path.exists() and not _is_git_dir(Path(spec.location)):
+                if not Path(spec.location).is_dir():
+                    raise SourceError(f"{spec.location} does not exist")
                 if spec.ref:
                     raise SourceError(f"{spec.location} is not a git repository, so it has no ref {spec.ref!r}")
-                return _snapshot_dir(Path(spec.location), path, log)
+                return _snapshot_dir(Path(spec.location), mirrors / "snapshots" / path.name.removesuffix(".git"), log)
             return _fetch_git(spec, path, log)
         except git.GitCommandError as exc:
             raise SourceError(f"git failed for {spec.source}: {exc.stderr.strip() or exc}") from exc
