@@ -114,3 +114,28 @@ def test_unreachable_server_is_a_typed_error():
     with EnvClient(f"http://127.0.0.1:{free_port()}") as c, pytest.raises(ServerUnreachable):
         c.health()
     assert issubclass(ServerUnreachable, EnvServerError)
+
+
+def test_forager_serve_cli_prints_one_json_document_when_ready(docker_client, envtest_image, tmp_path):
+    import json
+    import os
+    import signal
+
+    from tests.fixtures_envserver import free_port
+
+    port, server_id = free_port(), f"test-cli-{time.time_ns()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forager.cli", "serve", "--port", str(port), "--server-id", server_id,
+         "--allow", "forager/*", "--pool", f"{envtest_image}=1", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "FORAGER_HOME": str(tmp_path)},
+    )
+    try:
+        doc = json.loads(proc.stdout.readline())
+        assert doc["ok"] and doc["url"] == f"http://127.0.0.1:{port}" and doc["server_id"] == server_id
+        assert doc["pool"][envtest_image]["ready"] == 1
+        assert httpx.get(doc["url"] + "/healthz").json()["server_id"] == server_id
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert "warming pool" in err
+    assert containers_of(docker_client, server_id) == []
