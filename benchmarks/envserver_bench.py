@@ -1,0 +1,225 @@
+"""Environment server benchmark: every figure against a baseline measured in the same run.
+
+  1. shell round trip through the server (HTTP + persistent bash session) vs one `docker exec`
+     of the same command (the CLI, and the SDK's exec_run, which skips the CLI's start-up);
+  2. env acquire from the warm pool (POST /envs) vs a cold `docker run` of the same image;
+  3. N concurrent envs (default 64), each driven by its own async client doing M shell steps.
+
+Targets: round trip p50 <= 3 ms and >= 15x faster than docker exec; warm acquire p50 <= 20 ms;
+64 concurrent envs with zero errors and p99 step <= 250 ms. The last line is one JSON object
+holding every figure printed.
+
+    python benchmarks/envserver_bench.py [--envs 64] [--steps 20] [--image forager/base:py3.11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from envserver.client import AsyncEnvClient, EnvClient  # noqa: E402
+from envserver.models import Limits  # noqa: E402
+
+COMMAND = "echo hello"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(image: str, pool: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="envserver-bench-")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "envserver", "--port", str(port), "--allow", image, "--pool", f"{image}={pool}",
+         "--server-id", f"bench-{os.getpid()}"],
+        cwd=ROOT, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL, stderr=open(f"{home}/server.log", "w"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).json()["pool"][image]["ready"] >= pool:
+                return proc, url
+        except (httpx.TransportError, KeyError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit(f"server did not start: see {home}/server.log")
+        time.sleep(0.2)
+
+
+def wait_pool(client: EnvClient, image: str, at_least: int) -> None:
+    while client.health()["pool"][image]["ready"] < at_least:
+        time.sleep(0.05)
+
+
+def bench_round_trip(client: EnvClient, dclient, image: str, rounds: int, baseline_rounds: int) -> dict:
+    env = client.create_env(image)
+    try:
+        for _ in range(20):
+            client.shell(env.id, COMMAND)  # warm the connection and the session
+        server = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            r = client.shell(env.id, COMMAND)
+            server.append(time.perf_counter() - t0)
+            assert r.output == "hello\n", r
+        container = dclient.containers.get(env.container_id)
+        sdk, cli = [], []
+        for _ in range(baseline_rounds):
+            t0 = time.perf_counter()
+            code, out = container.exec_run(["bash", "-c", COMMAND])
+            sdk.append(time.perf_counter() - t0)
+            assert out == b"hello\n"
+            t0 = time.perf_counter()
+            out = subprocess.run(["docker", "exec", env.container_id, "bash", "-c", COMMAND], capture_output=True).stdout
+            cli.append(time.perf_counter() - t0)
+            assert out == b"hello\n"
+    finally:
+        client.delete_env(env.id)
+    p50 = pct(server, 0.5)
+    return {
+        "shell_p50_ms": ms(p50), "shell_p99_ms": ms(pct(server, 0.99)),
+        "docker_exec_cli_p50_ms": ms(pct(cli, 0.5)), "docker_exec_sdk_p50_ms": ms(pct(sdk, 0.5)),
+        "speedup_vs_docker_exec_cli": round(pct(cli, 0.5) / p50, 1),
+        "speedup_vs_docker_exec_sdk": round(pct(sdk, 0.5) / p50, 1),
+    }
+
+
+def bench_acquire(client: EnvClient, dclient, image: str, samples: int) -> dict:
+    warm, cold_server, cold_run = [], [], []
+    for _ in range(samples):
+        wait_pool(client, image, 1)
+        t0 = time.perf_counter()
+        env = client.create_env(image)
+        warm.append(time.perf_counter() - t0)
+        client.delete_env(env.id)
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        c = dclient.containers.run(image, ["sleep", "infinity"], detach=True, init=True, network_mode="none",
+                                   labels={"forager.bench": "cold"})
+        cold_run.append(time.perf_counter() - t0)
+        c.remove(force=True)
+        # non-default limits bypass the pool: a cold start through the server (container + bash + base commit)
+        t0 = time.perf_counter()
+        env = client.create_env(image, limits=Limits(cpus=0.9))
+        cold_server.append(time.perf_counter() - t0)
+        client.delete_env(env.id)
+    return {
+        "acquire_warm_p50_ms": ms(pct(warm, 0.5)), "acquire_warm_p99_ms": ms(pct(warm, 0.99)),
+        "docker_run_cold_p50_ms": ms(pct(cold_run, 0.5)), "acquire_cold_server_p50_ms": ms(pct(cold_server, 0.5)),
+        "speedup_warm_vs_docker_run": round(pct(cold_run, 0.5) / pct(warm, 0.5), 1),
+    }
+
+
+async def bench_concurrent(url: str, image: str, envs: int, steps: int) -> dict:
+    admin = AsyncEnvClient(url)
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    created = await asyncio.gather(*(admin.create_env(image) for _ in range(envs)), return_exceptions=True)
+    create_seconds = time.perf_counter() - t0
+    ids = [e.id for e in created if not isinstance(e, BaseException)]
+    errors += [repr(e) for e in created if isinstance(e, BaseException)]
+    latencies: list[float] = []
+
+    async def drive(env_id: str, n: int) -> None:
+        async with AsyncEnvClient(url) as c:  # one client (one keep-alive connection) per env
+            for i in range(steps):
+                t = time.perf_counter()
+                try:
+                    r = await c.shell(env_id, f"echo step-{n}-{i}")
+                    if r.output != f"step-{n}-{i}\n":
+                        errors.append(f"wrong output {r.output!r}")
+                except Exception as exc:
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(drive(env_id, n) for n, env_id in enumerate(ids)))
+    wall = time.perf_counter() - t0
+    await asyncio.gather(*(admin.delete_env(i) for i in ids), return_exceptions=True)
+    await admin.close()
+    return {
+        "concurrent_envs": envs, "steps_per_env": steps, "concurrent_errors": len(errors),
+        "concurrent_step_p50_ms": ms(pct(latencies, 0.5)) if latencies else None,
+        "concurrent_step_p99_ms": ms(pct(latencies, 0.99)) if latencies else None,
+        "concurrent_steps_per_s": round(len(latencies) / wall, 1) if wall else None,
+        "concurrent_create_seconds": round(create_seconds, 2), "concurrent_first_errors": errors[:3],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", default="forager/base:py3.11")
+    p.add_argument("--envs", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=500)
+    p.add_argument("--baseline-rounds", type=int, default=40)
+    p.add_argument("--acquire-samples", type=int, default=20)
+    p.add_argument("--pool", type=int, default=4)
+    args = p.parse_args()
+
+    dclient = docker.from_env()
+    proc, url = start_server(args.image, args.pool)
+    figures: dict = {"image": args.image, "cpus": os.cpu_count(), "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    try:
+        with EnvClient(url) as client:
+            rt = bench_round_trip(client, dclient, args.image, args.rounds, args.baseline_rounds)
+            print(f"shell round trip   p50 {rt['shell_p50_ms']} ms  p99 {rt['shell_p99_ms']} ms  | docker exec CLI p50 "
+                  f"{rt['docker_exec_cli_p50_ms']} ms ({rt['speedup_vs_docker_exec_cli']}x), SDK exec_run p50 "
+                  f"{rt['docker_exec_sdk_p50_ms']} ms ({rt['speedup_vs_docker_exec_sdk']}x)")
+            figures.update(rt)
+            acq = bench_acquire(client, dclient, args.image, args.acquire_samples)
+            print(f"acquire warm       p50 {acq['acquire_warm_p50_ms']} ms  p99 {acq['acquire_warm_p99_ms']} ms  | cold docker run "
+                  f"p50 {acq['docker_run_cold_p50_ms']} ms ({acq['speedup_warm_vs_docker_run']}x); cold through the server "
+                  f"p50 {acq['acquire_cold_server_p50_ms']} ms")
+            figures.update(acq)
+        conc = asyncio.run(bench_concurrent(url, args.image, args.envs, args.steps))
+        print(f"{args.envs} concurrent envs x {args.steps} steps: p50 {conc['concurrent_step_p50_ms']} ms  p99 "
+              f"{conc['concurrent_step_p99_ms']} ms  errors {conc['concurrent_errors']}  "
+              f"({conc['concurrent_steps_per_s']} steps/s; {args.envs} envs created in {conc['concurrent_create_seconds']} s)")
+        figures.update(conc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    figures["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    figures["targets_met"] = {
+        "shell_p50_le_3ms": figures["shell_p50_ms"] <= 3,
+        "shell_15x_docker_exec_cli": figures["speedup_vs_docker_exec_cli"] >= 15,
+        "shell_15x_docker_exec_sdk": figures["speedup_vs_docker_exec_sdk"] >= 15,
+        "warm_acquire_p50_le_20ms": figures["acquire_warm_p50_ms"] <= 20,
+        "concurrent_zero_errors": figures["concurrent_errors"] == 0,
+        "concurrent_p99_le_250ms": (figures["concurrent_step_p99_ms"] or 1e9) <= 250,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
