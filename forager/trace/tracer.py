@@ -85,18 +85,27 @@ class _Watchdog:
                     self.fired = True
                     self._set_async_exc(self._ulong(self.thread_id), self._exc)
 
-    def begin(self) -> None:
+    def arm(self) -> None:
         with self.lock:
             self.deadline = time.monotonic() + self.timeout
             self.fired = False
 
-    def end(self) -> None:
-        # Under the lock: after this returns no interrupt is pending or can still arrive.
+    def disarm(self) -> bool:
+        """Stop watching; True when an interrupt was sent (it must then be drained, see below)."""
         with self.lock:
-            self.deadline = None
-            if self.fired:
-                self._set_async_exc(self._ulong(self.thread_id), None)
-                self.fired = False
+            fired, self.deadline, self.fired = self.fired, None, False
+        return fired
+
+    @staticmethod
+    def drain() -> None:
+        # An interrupt sent just as the repr finished is still pending: let it arrive here, in a
+        # loop of our own bytecode, rather than cancel it (cancelling leaves CPython's eval-breaker
+        # flag set, which spins the interpreter) or let it escape into the traced program.
+        try:
+            for _ in range(10_000_000):
+                pass
+        except _ReprTimeout:
+            pass
 
     def close(self) -> None:
         self.stopped.set()
@@ -123,7 +132,7 @@ class Reprs:
         try:
             if kind in _PLAIN:
                 if kind in (str, bytes) and len(value) > self.max_repr:
-                    text = repr(value[: self.max_repr]) + CUT
+                    text = repr(value[: self.max_repr])  # longer than max_repr: cut below
                 else:
                     text = repr(value)
             elif kind in self.slow_types:
@@ -149,11 +158,19 @@ class Reprs:
         dog = self.watchdog
         if dog is None or dog.thread_id != threading.get_ident():
             return fn(value)
+        dog.arm()
         try:
-            dog.begin()
-            return fn(value)
-        finally:
-            dog.end()
+            text = fn(value)
+        except _ReprTimeout:
+            dog.disarm()  # delivered: nothing pending
+            raise
+        except BaseException:
+            if dog.disarm():
+                dog.drain()
+            raise
+        if dog.disarm():
+            dog.drain()
+        return text
 
     def close(self) -> None:
         if self.watchdog is not None:

@@ -1,0 +1,109 @@
+"""Render traces in CWM's trace-prediction token format (facebookresearch/cwm PROMPTING_GUIDE.md).
+
+    <|trace_context_start|>$CONTEXT<|frame_sep|>
+    <|call_sep|>$LOCALS<|action_sep|>$SOURCE<|frame_sep|>
+    <|line_sep|>$LOCALS<|action_sep|>$SOURCE<|frame_sep|>
+    <|return_sep|><|action_sep|>$SOURCE<|arg_sep|>$VALUE<|frame_sep|>
+    <|exception_sep|><|action_sep|>$SOURCE<|arg_sep|>$VALUE<|frame_sep|>
+
+$CONTEXT is the source with the entry `def` line marked `  # << START_OF_TRACE`; $LOCALS is
+`json.dumps` of the name -> repr map ('..' = unchanged); $VALUE is `json.dumps` of the repr string,
+exactly as CWM's debugger demo (demos/cwmdbg.py) builds its prompts. <|begin_of_text|> and the
+<|end_of_text|> that closes a finished execution are the tokenizer's to add, not part of the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from forager.trace.models import Trace
+
+TRACE_CONTEXT_START = "<|trace_context_start|>"
+FRAME_SEP = "<|frame_sep|>"
+ACTION_SEP = "<|action_sep|>"
+ARG_SEP = "<|arg_sep|>"
+START_MARKER = "  # << START_OF_TRACE"
+EVENT_SEP = {
+    "call": "<|call_sep|>",
+    "line": "<|line_sep|>",
+    "return": "<|return_sep|>",
+    "exception": "<|exception_sep|>",
+}
+
+
+def trace_context(trace: Trace) -> str:
+    lines = trace.source.splitlines(keepends=True)
+    index = trace.entry_line - 1
+    if 0 <= index < len(lines):
+        line = lines[index]
+        body = line.rstrip("\r\n")
+        lines[index] = body + START_MARKER + line[len(body) :]
+    text = "".join(lines)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def render_cwm_trace(trace: Trace) -> str:
+    parts = [TRACE_CONTEXT_START, trace_context(trace), FRAME_SEP]
+    for frame in trace.frames:
+        parts.append(EVENT_SEP[frame.event])
+        if frame.event in ("call", "line"):
+            parts += [json.dumps(frame.locals or {}), ACTION_SEP, frame.source]
+        else:
+            parts += [ACTION_SEP, frame.source, ARG_SEP, json.dumps(frame.value)]
+        parts.append(FRAME_SEP)
+    return "".join(parts)
+
+
+def read_traces(path: str | Path) -> tuple[list[Trace], list[str]]:
+    """Every valid trace of a JSONL file, and a message per bad line (kept out, never fatal)."""
+    traces: list[Trace] = []
+    problems: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                traces.append(Trace.model_validate_json(line))
+            except ValueError as exc:
+                problems.append(f"{path}:{number}: not a trace: {str(exc).splitlines()[0]}")
+    return traces, problems
+
+
+def export_traces(in_path: str | Path, out_path: str | Path, *, include_truncated: bool = True) -> dict:
+    """JSONL of traces -> JSONL of {"id", "function", "repo", "truncated", "text"} in CWM's format.
+
+    A file or a directory of *.jsonl files is accepted. The output is written to a temporary file
+    and renamed, so a failed export never leaves half a file. Returns counts and bad-line messages.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    if not in_path.exists():
+        raise FileNotFoundError(f"no traces at {in_path}")
+    files = sorted(in_path.glob("*.jsonl")) if in_path.is_dir() else [in_path]
+    written = skipped = 0
+    problems: list[str] = []
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            for file in files:
+                traces, bad = read_traces(file)
+                problems += bad
+                for trace in traces:
+                    if trace.truncated and not include_truncated:
+                        skipped += 1
+                        continue
+                    row = {
+                        "id": trace.id,
+                        "function": trace.function,
+                        "repo": trace.repo,
+                        "truncated": trace.truncated,
+                        "text": render_cwm_trace(trace),
+                    }
+                    out.write(json.dumps(row) + "\n")
+                    written += 1
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"written": written, "skipped_truncated": skipped, "bad_lines": problems, "out": str(out_path)}
