@@ -35,6 +35,7 @@ class BuildOptions:
     test_timeout: int = 600  # seconds per validation run
     runs: int = 2  # validation runs; outcomes that differ between them are flaky
     push: str | None = None  # REGISTRY/PREFIX to tag and push ok images to
+    no_cache: bool = False  # also bypass Docker's layer cache (cold-build measurements)
 
 
 class _Log:
@@ -123,7 +124,7 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
         record.test_runner = det.test_runner
         stage("detect")
 
-        dkey = layers.deps_key(det.python, det.requirements, det.system_packages)
+        dkey = layers.deps_key(det.python, det.requirements, det.system_packages, det.build_requirements)
         record.deps_tag = layers.deps_tag(spec.name, dkey)
         with _tag_lock(record.deps_tag):
             if layers.image_exists(client, record.deps_tag) and not opts.force:
@@ -131,12 +132,16 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
             else:
                 ctx = layers.write_context(
                     workspace / "deps",
-                    {"Dockerfile": layers.deps_dockerfile(det.python, det.system_packages), "requirements.txt": "\n".join(det.requirements) + "\n"},
+                    {
+                        "Dockerfile": layers.deps_dockerfile(det.python, det.system_packages),
+                        "build-requirements.txt": "".join(f"{r}\n" for r in det.build_requirements),
+                        "requirements.txt": "".join(f"{r}\n" for r in det.requirements),
+                    },
                 )
                 log(f"deps layer: building {record.deps_tag}\n--- requirements.txt\n" + "\n".join(det.requirements))
                 labels = {"forager.kind": "deps", "forager.repo": spec.name, "forager.deps_hash": dkey}
                 try:
-                    layers.docker_build(client, ctx, record.deps_tag, labels, log)
+                    layers.docker_build(client, ctx, record.deps_tag, labels, log, no_cache=opts.no_cache)
                 except BuildError as exc:
                     return fail("install", f"dependency layer failed: {_last_error(exc)}")
         stage("deps")
@@ -152,7 +157,7 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
                 log(f"repo layer: building {tag}\n--- Dockerfile\n{dockerfile}")
                 labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
                 try:
-                    layers.docker_build(client, ctx, tag, labels, log)
+                    layers.docker_build(client, ctx, tag, labels, log, no_cache=opts.no_cache)
                 except BuildError as exc:
                     return fail("install", f"repository layer failed: {_last_error(exc)}")
         record.tag = tag

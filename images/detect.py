@@ -41,6 +41,7 @@ class Detection:
     test_command: str
     test_runner: str  # "pytest", or "unittest" (a unittest suite, run through pytest)
     system_packages: list[str] = field(default_factory=list)
+    build_requirements: list[str] = field(default_factory=list)  # installed with --upgrade, as an isolated build would
     install_env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # the evidence, for the build log
 
@@ -76,6 +77,7 @@ def detect(root: Path, spec: RepoSpec, available: list[str]) -> Detection:
         test_command=test_command,
         test_runner=runner,
         system_packages=list(spec.system_packages),
+        build_requirements=list(meta.build_requires),
         install_env=install_env,
         notes=notes,
     )
@@ -423,14 +425,17 @@ def _test_command(root: Path, meta: _Meta, notes: list[str]) -> tuple[str, str]:
         or "testpaths" in meta.setup_cfg.get("tool:pytest", {})
         or "testpaths" in meta.tox.get("pytest", {})
     )
+    # One test module that cannot be imported (an undeclared test dependency) must not hide the
+    # thousands of tests beside it: it is reported as an `error` case and the rest still run.
+    base = "python -m pytest --continue-on-collection-errors"
     if configured:
-        command = "python -m pytest"
+        command = base
         notes.append("tests: pytest testpaths from the project's config")
     else:
         dirs = [d for d in ("tests", "test", "testing") if (root / d).is_dir()]
         top = sorted(p.name for p in root.glob("test*.py") if p.is_file()) + sorted(p.name for p in root.glob("*_test.py"))
         targets = dirs + top
-        command = "python -m pytest" + ("".join(f" {t}" for t in targets) if targets else "")
+        command = base + "".join(f" {t}" for t in targets)
         notes.append(f"tests: {targets or 'pytest default discovery'} ({len(test_files)} test files)")
     return command, runner
 

@@ -34,8 +34,8 @@ def _hash(*parts: object) -> str:
     return hashlib.sha256(json.dumps([BUILDER_VERSION, *parts], sort_keys=True).encode()).hexdigest()
 
 
-def deps_key(python: str, requirements: list[str], system_packages: list[str]) -> str:
-    return _hash("deps", python, base_image_tag(python), requirements, sorted(system_packages))
+def deps_key(python: str, requirements: list[str], system_packages: list[str], build_requirements: list[str] = ()) -> str:
+    return _hash("deps", python, base_image_tag(python), list(build_requirements), requirements, sorted(system_packages))
 
 
 def repo_key(deps_hash: str, commit: str, install: list[str], install_env: dict[str, str]) -> str:
@@ -57,29 +57,33 @@ def deps_dockerfile(python: str, system_packages: list[str]) -> str:
         lines.append(
             f"RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends {pkgs} && rm -rf /var/lib/apt/lists/*"
         )
+    # Build backends are upgraded to what an isolated build would fetch (the base venv's old setuptools
+    # cannot read newer pyproject metadata); then runtime and test deps, pytest included.
     lines += [
-        "COPY requirements.txt /opt/forager/requirements.txt",
-        "RUN python -m pip install --no-cache-dir --progress-bar off -r /opt/forager/requirements.txt",
+        "COPY build-requirements.txt requirements.txt /opt/forager/",
+        "RUN python -m pip install --no-cache-dir --progress-bar off --upgrade -r /opt/forager/build-requirements.txt"
+        " && python -m pip install --no-cache-dir --progress-bar off -r /opt/forager/requirements.txt",
     ]
     return "\n".join(lines) + "\n"
 
 
 def repo_dockerfile(deps: str, name: str, commit: str, install: list[str], install_env: dict[str, str]) -> str:
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(install_env.items()))
-    lines = [f"FROM {deps}", f"LABEL {BUILD_LABEL}=1", "COPY repo/ /repo/", "WORKDIR /repo"]
-    for command in install:
-        lines.append(f"RUN {env + ' ' if env else ''}bash -c {shlex.quote(command)}")
+    env = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
+    steps = [f"{env}bash -c {shlex.quote(command)}" for command in install]
     # A fresh one-commit repository: no remotes, branches, reflog or history an agent could mine.
     message = shlex.quote(f"{name} at {commit[:12]}")
-    lines.append(
-        "RUN rm -rf .git && git init -q -b main"
-        f" && printf '{_GIT_EXCLUDES}' >> .git/info/exclude"
-        " && git add -A && git -c user.name=forager -c user.email=forager@localhost"
-        f" commit -q --no-verify -m {message}"
-        " && rm -rf .git/logs .git/hooks && git status --porcelain | (! grep -q .)"
-    )
-    lines.append("RUN mkdir -p /opt/forager && python -m pip freeze --all > /opt/forager/pip-freeze.txt")
-    return "\n".join(lines) + "\n"
+    steps += [
+        "rm -rf .git && git init -q -b main",
+        f"printf '{_GIT_EXCLUDES}' >> .git/info/exclude",
+        "git add -A",
+        f"git -c user.name=forager -c user.email=forager@localhost commit -q --no-verify -m {message}",
+        "rm -rf .git/logs .git/hooks",
+        "git status --porcelain | (! grep -q .)",  # the tree must be clean after installing
+        "mkdir -p /opt/forager && python -m pip freeze --all > /opt/forager/pip-freeze.txt",
+    ]
+    # One RUN: one layer and one build container instead of several (the rebuild of a new commit is this step).
+    run = " \\\n && ".join(steps)
+    return f"FROM {deps}\nLABEL {BUILD_LABEL}=1\nCOPY repo/ /repo/\nWORKDIR /repo\nRUN {run}\n"
 
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
@@ -90,7 +94,7 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
-def docker_build(client: docker.DockerClient, context: Path, tag: str, labels: dict[str, str], log) -> None:
+def docker_build(client: docker.DockerClient, context: Path, tag: str, labels: dict[str, str], log, no_cache: bool = False) -> None:
     """`docker build --network host` of `context`, streaming the output to `log`; BuildError on failure."""
     output: list[str] = []
     try:
@@ -100,6 +104,7 @@ def docker_build(client: docker.DockerClient, context: Path, tag: str, labels: d
             labels=labels,
             network_mode="host",  # pip needs the index at build time; containers that run tests get none
             rm=True,
+            nocache=no_cache,
             forcerm=True,
             decode=True,
         )

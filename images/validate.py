@@ -10,11 +10,12 @@ import io
 import shlex
 import tarfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import docker
 
-from envserver.junit import parse_junit, pytest_args, summarize
+from envserver.junit import node_id, parse_junit, pytest_args, summarize
 
 TIMEOUT_EXIT = 124  # coreutils `timeout`
 
@@ -35,10 +36,12 @@ class Validation:
 def validate(
     client: docker.DockerClient, image: str, test_command: str, *, timeout: int, min_pass_rate: float, runs: int = 2, log=print
 ) -> Validation:
+    # The container outlives no build: if this process dies, its sleep ends and Docker removes it.
     container = client.containers.run(
         image,
-        ["sleep", "infinity"],
+        ["sleep", str(runs * (timeout + 30) + 120)],
         detach=True,
+        auto_remove=True,
         network_mode="none",
         init=True,
         mem_limit="4g",
@@ -68,12 +71,16 @@ def validate(
             except ValueError as exc:
                 log(str(exc))
                 outcomes = {}
-            if not outcomes:
-                why = "no JUnit report" if not xml else "no tests collected"
+            broken = _collection_errors(xml) if xml else []
+            if not outcomes or len(broken) == len(outcomes):
+                why = "no JUnit report" if not xml else f"collection errors in {', '.join(broken[:5])}" if broken else "no tests collected"
                 return Validation("collect", f"{why} (pytest exit code {code})", test_seconds=seconds, pip_freeze=freeze.splitlines())
             runs_outcomes.append(outcomes)
     finally:
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
     return _judge(runs_outcomes, min_pass_rate, first_seconds, freeze.splitlines())
 
 
@@ -95,6 +102,19 @@ def _judge(runs: list[dict[str, str]], min_pass_rate: float, seconds: float | No
     else:
         v.reason = summary
     return v
+
+
+def _collection_errors(xml: str) -> list[str]:
+    """Node ids of modules pytest could not import (reported as cases with a 'collection failure' error)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    return sorted(
+        node_id(case.get("classname", ""), case.get("name", ""), case.get("file"))
+        for case in root.iter("testcase")
+        if any(child.tag == "error" and "collection failure" in (child.get("message") or "") for child in case)
+    )
 
 
 def _exec(container, command: str) -> tuple[int, str]:

@@ -130,7 +130,7 @@ def test_setup_py_literals_and_default_build_requirements(tmp_path):
     assert "pyyaml" not in det.requirements
     # A unittest suite is run through pytest, and the record says which.
     assert det.test_runner == "unittest"
-    assert det.test_command == "python -m pytest test_legacy.py"
+    assert det.test_command == "python -m pytest --continue-on-collection-errors test_legacy.py"
 
 
 def test_test_command_follows_pytest_testpaths_or_test_dirs(tmp_path):
@@ -138,10 +138,10 @@ def test_test_command_follows_pytest_testpaths_or_test_dirs(tmp_path):
         tmp_path / "a",
         {"pyproject.toml": '[project]\nname = "a"\nversion = "1"\n[tool.pytest.ini_options]\ntestpaths = ["checks"]\n', "checks/test_a.py": "def test_a():\n    pass\n"},
     )
-    assert detect(configured, spec(), AVAILABLE).test_command == "python -m pytest"
+    assert detect(configured, spec(), AVAILABLE).test_command == "python -m pytest --continue-on-collection-errors"
     dirs = write(tmp_path / "b", {"setup.py": "from setuptools import setup\nsetup()\n", "tests/test_b.py": "import pytest\n"})
     det = detect(dirs, spec(), AVAILABLE)
-    assert det.test_command == "python -m pytest tests" and det.test_runner == "pytest"
+    assert det.test_command == "python -m pytest --continue-on-collection-errors tests" and det.test_runner == "pytest"
 
 
 def test_overrides_win(tmp_path):
@@ -160,4 +160,4 @@ def test_tree_without_packaging_is_not_installed(tmp_path):
     write(tmp_path, {"calc.py": "def f():\n    return 1\n", "test_calc.py": "from calc import f\n\ndef test_f():\n    assert f() == 1\n"})
     det = detect(tmp_path, spec(), AVAILABLE)
     assert det.install == [] and det.requirements == ["pytest"]
-    assert det.test_command == "python -m pytest test_calc.py"
+    assert det.test_command == "python -m pytest --continue-on-collection-errors test_calc.py"
