@@ -27,16 +27,13 @@ from agent.queue import KEY_PREFIX, collection_key, connect
 def queue_counts(redis: str | Redis, queue_name: str) -> dict[str, int]:
     conn = connect(redis) if isinstance(redis, str) else redis
     q = Queue(queue_name, connection=conn)
-    # count() runs each registry's cleanup: abandoned jobs of dead workers are requeued here too.
-    return {
-        "queued": q.count,
-        "started": StartedJobRegistry(queue=q).count,
-        "scheduled": ScheduledJobRegistry(queue=q).count,
-        "deferred": DeferredJobRegistry(queue=q).count,
-        "finished": FinishedJobRegistry(queue=q).count,
-        "failed": FailedJobRegistry(queue=q).count,
-        "canceled": CanceledJobRegistry(queue=q).count,
-    }
+    # Read-only (cleanup=False): requeueing abandoned jobs is the workers' maintenance, done under
+    # RQ's maintenance lock; two cleanups racing could requeue the same job twice.
+    registries = {"started": StartedJobRegistry, "scheduled": ScheduledJobRegistry, "deferred": DeferredJobRegistry,
+                  "finished": FinishedJobRegistry, "failed": FailedJobRegistry, "canceled": CanceledJobRegistry}
+    counts = {"queued": q.count}
+    counts.update({name: cls(queue=q).get_job_count(cleanup=False) for name, cls in registries.items()})
+    return counts
 
 
 def record_result(conn: Redis, collection: str, job_id: str, summary: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,12 @@ class ForagerWorker(Worker):
         kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
         super().__init__(*args, **kwargs)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        # An idle worker wakes up this often to run maintenance (requeue abandoned jobs); RQ's
+        # default would block on an empty queue for ~400 s between sweeps.
+        return max(1, min(MAINTENANCE_INTERVAL, self.worker_ttl - 15))
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         period = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
@@ -72,14 +79,44 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def run_worker(queue_name: str, redis_url: str, burst: bool = False, log_level: str = "INFO") -> bool:
+def run_worker(queue_name: str, redis_url: str, burst: bool = False, with_scheduler: bool = False,
+               log_level: str = "INFO") -> bool:
     """Run one worker in this process until stopped (or, with burst, until the queue is empty)."""
     from agent.queue import connect
 
     os.register_at_fork(after_in_child=die_with_parent)
     conn = connect(redis_url)
     worker = ForagerWorker([queue_name], connection=conn, name=worker_name())
-    return worker.work(burst=burst, with_scheduler=True, logging_level=log_level)
+    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+
+
+def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
+    """Move jobs whose retry wait is over back onto the queue (RQ's scheduler, with a faster takeover).
+
+    One scheduler per queue holds a lock in Redis; every pool runs a candidate. Unlike RQ's own
+    loop (standbys retry the lock every 2 minutes), each candidate tries every `poll` seconds, so when
+    a host dies its retries stall only until its lock lease (61 s) runs out.
+    """
+    import logging
+
+    import redis
+    from rq.scheduler import RQScheduler
+
+    from agent.queue import connect
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    scheduler = RQScheduler([queue_name], connection=connect(redis_url), interval=int(poll) or 1)
+    scheduler._install_signal_handlers()
+    while not scheduler._stop_requested:
+        try:
+            scheduler.register_birth()
+            scheduler.acquire_locks()  # acquires a free lock, or refreshes ours
+            if scheduler.acquired_locks:
+                scheduler.enqueue_scheduled_jobs()
+        except redis.ConnectionError as exc:  # Redis restarting: keep trying
+            scheduler.log.warning("scheduler: redis unreachable (%s)", exc)
+        time.sleep(poll)
+    scheduler.stop()
 
 
 # ---------------------------------------------------------------- pool
@@ -95,20 +132,25 @@ class Pool:
         self.concurrency, self.queue_name, self.redis_url, self.burst = concurrency, queue_name, redis_url, burst
         self.metrics_port, self.metrics_host, self.log_dir = metrics_port, metrics_host, log_dir
         self.procs: list[subprocess.Popen] = []
+        self.scheduler: subprocess.Popen | None = None
+        self.spawned = 0
         self.stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="forager-metrics-") if metrics_port else None
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self, role: str = "worker") -> subprocess.Popen:
         env = dict(os.environ)
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         cmd = [sys.executable, "-m", "agent.worker", "--queue", self.queue_name, "--url", self.redis_url]
-        if self.burst:
+        if role == "scheduler":
+            cmd.append("--scheduler")
+        elif self.burst:
             cmd.append("--burst")
+        self.spawned += 1
         out = None
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"worker-{len(self.procs)}-{int(time.time())}.log", "ab")
+            out = open(self.log_dir / f"{role}-{os.getpid()}-{self.spawned}.log", "ab")
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
                                 preexec_fn=die_with_parent)
         if out:
@@ -119,7 +161,7 @@ class Pool:
         """First call: warm shutdown (workers finish their current job). Second call: kill them."""
         sig = signal.SIGKILL if self.stopping else signal.SIGTERM
         self.stopping = True
-        for p in self.procs:
+        for p in [*self.procs, *([self.scheduler] if self.scheduler else [])]:
             if p.poll() is None:
                 p.send_signal(sig)
 
@@ -133,6 +175,8 @@ class Pool:
         self.procs = [self._spawn() for _ in range(self.concurrency)]
         try:
             while True:
+                if not self.stopping and (self.scheduler is None or self.scheduler.poll() is not None):
+                    self.scheduler = self._spawn("scheduler")
                 alive = []
                 for p in self.procs:
                     if p.poll() is None:
@@ -149,12 +193,18 @@ class Pool:
                     return 0
                 time.sleep(0.5)
         finally:
-            self.stop()
-            for p in self.procs:
+            if not self.stopping:
+                self.stop()
+            elif self.scheduler and self.scheduler.poll() is None:
+                self.scheduler.terminate()  # releases its lock, so another pool's scheduler takes over at once
+            for p in [*self.procs, *([self.scheduler] if self.scheduler else [])]:
                 try:
-                    p.wait(30)
+                    p.wait(60)
                 except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
+            if self.metrics_dir:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--burst", action="store_true")
+    parser.add_argument("--with-scheduler", action="store_true", help="also run RQ's scheduler (standalone use)")
+    parser.add_argument("--scheduler", action="store_true", help="run only the retry scheduler (the pool does)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    run_worker(args.queue, args.url, burst=args.burst, log_level=args.log_level)
+    if args.scheduler:
+        run_scheduler(args.queue, args.url)
+    else:
+        run_worker(args.queue, args.url, burst=args.burst, with_scheduler=args.with_scheduler, log_level=args.log_level)
     return 0
 
 

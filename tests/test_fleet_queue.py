@@ -1,0 +1,196 @@
+"""The queue machinery with real Redis and real worker processes, on small jobs (no Docker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.request
+import uuid
+from collections import Counter
+
+import pytest
+import redis
+from rq import Queue
+
+from agent.queue import JobSpec, connect, enqueue, enqueue_many, job_state
+from agent.status import collection_status, queue_counts
+from tests.conftest import free_port
+from tests.test_fleet_support import busy_workers, fleet_env, run_cli, start_pool, stop_pool, wait_for
+
+MARK = "tests.test_fleet_support.marker_job"
+
+
+@pytest.fixture
+def queue_name():
+    return f"t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def conn(redis_url):
+    return connect(redis_url)
+
+
+def lines(path) -> Counter:
+    return Counter(line.split()[0] for line in open(path)) if os.path.exists(path) else Counter()
+
+
+def test_enqueue_same_ids_twice_adds_no_jobs(conn, queue_name, tmp_path):
+    specs = [JobSpec(MARK, {"log": str(tmp_path / "log"), "token": f"j{i}"}, f"job-{queue_name}-{i}") for i in range(5)]
+    first = enqueue_many(specs, conn=conn, queue_name=queue_name, collection=queue_name)
+    second = enqueue_many(specs, conn=conn, queue_name=queue_name, collection=queue_name)
+    assert set(first.values()) == {"enqueued"}
+    assert set(second.values()) == {"queued"}
+    assert Queue(queue_name, connection=conn).count == 5
+    assert collection_status(conn, queue_name)["total"] == 5
+
+
+def test_done_callback_skips_stored_work(conn, queue_name, tmp_path):
+    specs = [JobSpec(MARK, {"log": "x", "token": f"j{i}"}, f"job-{queue_name}-{i}") for i in range(4)]
+    out = enqueue_many(specs, conn=conn, queue_name=queue_name, done=lambda s: s.job_id.endswith(("-0", "-2")))
+    assert Counter(out.values()) == {"enqueued": 2, "exists": 2}
+    assert Queue(queue_name, connection=conn).count == 2
+
+
+def test_bad_job_id_is_a_clear_error_and_records_nothing(conn, queue_name):
+    with pytest.raises(ValueError, match="letters, numbers"):
+        enqueue(MARK, {}, "bad id: spaces", conn=conn, queue_name=queue_name, collection=queue_name)
+    assert Queue(queue_name, connection=conn).count == 0
+    assert collection_status(conn, queue_name)["total"] == 0
+
+
+def test_pool_runs_jobs_retries_failures_and_requeues_failed_ids(redis_url, conn, queue_name, tmp_path, forager_home):
+    log = tmp_path / "log"
+    for i in range(6):
+        enqueue(MARK, {"log": str(log), "token": f"j{i}"}, f"ok-{i}", conn=conn, queue_name=queue_name)
+    # retried once after 1 s, then failed for good
+    enqueue("tests.test_fleet_support.failing_job", {}, "bad-0", conn=conn, queue_name=queue_name,
+            retries=1, intervals=[1])
+    env = fleet_env(redis_url, forager_home, queue_name)
+    pool = start_pool(env, 2, tmp_path / "pool.log")
+    try:
+        wait_for(lambda: queue_counts(conn, queue_name)["finished"] == 6 and job_state(conn, "bad-0") == "failed",
+                 "6 finished jobs and one failed job")
+        assert lines(log) == {f"j{i}": 1 for i in range(6)}
+        # the failed job ran twice (one retry) before failing
+        from rq.job import Job
+
+        assert Job.fetch("bad-0", connection=conn).retries_left == 0
+        # enqueueing again: finished ids are no-ops, the failed id starts over
+        assert enqueue(MARK, {"log": str(log), "token": "j0"}, "ok-0", conn=conn, queue_name=queue_name) == "finished"
+        assert enqueue(MARK, {"log": str(log), "token": "again"}, "bad-0", conn=conn, queue_name=queue_name) == "enqueued"
+        wait_for(lambda: job_state(conn, "bad-0") == "finished", "the re-enqueued id to run")
+        assert lines(log)["again"] == 1
+    finally:
+        stop_pool(pool)
+    assert pool.returncode == 0
+
+
+def test_sigkilled_worker_job_runs_again_exactly_once(redis_url, conn, queue_name, tmp_path, forager_home):
+    log = tmp_path / "log"
+    n = 12
+    for i in range(n):
+        enqueue(MARK, {"log": str(log), "token": f"j{i}", "seconds": 1.5}, f"k-{i}", conn=conn, queue_name=queue_name)
+    env = fleet_env(redis_url, forager_home, queue_name)
+    pool = start_pool(env, 3, tmp_path / "pool.log")
+    try:
+        # Mid-job: its work horse has marked the job started. (A kill in the instant between
+        # dequeue and that mark is recovered too, by RQ's intermediate-queue sweep, after a minute.)
+        def mid_job():
+            return [w for w in busy_workers(conn, queue_name) if job_state(conn, w.get_current_job_id()) == "started"]
+
+        victim = wait_for(mid_job, "a worker mid-job")[0]
+        killed_job = victim.get_current_job_id()
+        os.kill(victim.pid, signal.SIGKILL)  # the worker and (via PDEATHSIG) its work horse die mid-job
+        wait_for(lambda: queue_counts(conn, queue_name)["finished"] == n, f"{n} finished jobs")
+        counts = lines(log)
+        assert counts == {f"j{i}": 1 for i in range(n)}, counts  # the killed run never wrote; the re-run did
+        assert job_state(conn, killed_job) == "finished"
+        # the pool replaced the dead worker: still 3 alive
+        from rq import Worker
+
+        wait_for(lambda: len(Worker.all(queue=Queue(queue_name, connection=conn))) >= 3, "a respawned worker")
+    finally:
+        stop_pool(pool)
+    leftovers = subprocess.run(["pgrep", "-f", f"agent.worker --queue {queue_name}"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""  # no orphaned worker, horse or scheduler
+
+
+def test_redis_restart_with_append_only_loses_no_queued_job(tmp_path, forager_home):
+    exe = shutil.which("redis-server")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "yes",
+           "--save", ""]
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _pings(url), "redis to answer", deadline=30)
+        return proc
+
+    proc = start()
+    try:
+        c = connect(url)
+        for i in range(20):
+            enqueue(MARK, {"log": str(tmp_path / "log"), "token": f"j{i}"}, f"r-{i}", conn=c, queue_name="persist",
+                    collection="persist")
+        proc.terminate()
+        proc.wait(30)
+        proc = start()
+        c = connect(url)
+        assert Queue("persist", connection=c).count == 20
+        assert collection_status(c, "persist")["queued"] == 20
+        pool = start_pool(fleet_env(url, forager_home, "persist"), 2, tmp_path / "pool.log", "--burst")
+        pool.wait(180)
+        assert lines(tmp_path / "log") == {f"j{i}": 1 for i in range(20)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_metrics_and_status_json(redis_url, conn, queue_name, tmp_path, forager_home):
+    log = tmp_path / "log"
+    for i in range(3):
+        enqueue(MARK, {"log": str(log), "token": f"j{i}"}, f"m-{queue_name}-{i}", conn=conn, queue_name=queue_name,
+                collection=queue_name)
+    env = fleet_env(redis_url, forager_home, queue_name)
+    port = free_port()
+    pool = start_pool(env, 2, tmp_path / "pool.log", "--metrics-port", str(port))
+    try:
+        wait_for(lambda: queue_counts(conn, queue_name)["finished"] == 3, "3 finished jobs")
+
+        def scrape() -> str:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                return ""
+
+        text = wait_for(lambda: (t := scrape()) and 'forager_jobs_total{state="finished"} 3.0' in t and t,
+                        "metrics with 3 finished jobs", deadline=60)
+        assert f'forager_queue_jobs{{queue="{queue_name}",state="finished"}} 3.0' in text
+        assert "forager_episode_seconds_count 3.0" in text
+        out = run_cli(env, "status", "--json")
+        assert out.returncode == 0, out.stderr
+        st = json.loads(out.stdout)
+        assert st["queue"] == queue_name and st["jobs"]["finished"] == 3
+        mine = [c for c in st["collections"] if c["collection"] == queue_name]
+        assert mine and mine[0]["done"] == 3 and mine[0]["complete"]
+        assert len(st["workers"]) == 2
+    finally:
+        stop_pool(pool)
+
+
+def test_status_with_redis_down_is_a_clear_error(tmp_path, forager_home):
+    env = fleet_env(f"redis://127.0.0.1:{free_port()}/0", forager_home, "nowhere")
+    out = run_cli(env, "status", "--json")
+    assert out.returncode == 1
+    assert "cannot reach Redis" in json.loads(out.stdout)["error"]
