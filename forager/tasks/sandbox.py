@@ -59,6 +59,14 @@ class RepoContainer:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def cpu_seconds(self) -> float:
+        """CPU time the container has used so far (its cgroup's counter), for per-CPU-minute figures."""
+        try:
+            stats = self.container.stats(stream=False)
+            return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+        except (docker.errors.APIError, KeyError, TypeError):
+            return 0.0
+
     def close(self) -> None:
         try:
             self.container.remove(force=True)

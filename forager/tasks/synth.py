@@ -50,8 +50,10 @@ class SynthReport:
     skipped: int = 0  # candidates already decided by an earlier run
     verdicts: dict[str, int] = field(default_factory=dict)
     functions: int = 0  # covered functions mutated
+    candidates: int = 0  # mutations generated for them (the budget takes the first max_candidates)
     baseline_seconds: float = 0.0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time used inside the synthesis container
 
 
 def is_test_path(path: str) -> bool:
@@ -77,6 +79,7 @@ def run_synthesis(
     timeout: float | None = None,
     seed: int = 0,
     hide_tests: bool = True,
+    fast_reject: bool = True,
     client: docker.DockerClient | None = None,
     on_progress: Progress | None = None,
 ) -> SynthReport:
@@ -110,6 +113,7 @@ def run_synthesis(
         test_files = _test_files(box, baseline_outcomes)
         candidates = _candidates(box, covering, passing, test_files, seed)
         report.functions = len({(c.file, c.function) for c, _ in candidates})
+        report.candidates = len(candidates)
         budget = min(max_candidates, len(candidates))
         originals: dict[str, str] = {}
         for cand, tests in candidates:
@@ -124,7 +128,8 @@ def run_synthesis(
             if _digest(setup_patch) in task_patches:  # same edit reached from another function
                 done.add(key)
                 continue
-            verdict, task = _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests)
+            verdict, task = _validate(box, record, cand, original, tests if fast_reject else [], passing, timeout,
+                                      test_files, hide_tests)
             report.tried += 1
             report.verdicts[verdict] = report.verdicts.get(verdict, 0) + 1
             done.add(key)
@@ -140,6 +145,7 @@ def run_synthesis(
         dirty = box.sh("git status --porcelain --untracked-files=no")[1].strip()
         if dirty:
             raise SynthesisError(f"{record.repo}: working tree not restored after synthesis: {dirty[:200]}")
+        report.cpu_seconds = box.cpu_seconds()
     report.seconds = time.monotonic() - started
     return report
 
@@ -211,8 +217,8 @@ def _validate(box, record, cand, original, tests, passing, timeout, test_files, 
     """(verdict, task or None): the fast run of covering tests, then the full suite, file always restored."""
     box.write(cand.file, cand.source)
     try:
-        # fast reject on the covering tests, unless they are most of the suite anyway
-        if len(tests) * 2 < len(passing):
+        # fast reject on the covering tests, unless they are most of the suite anyway (or disabled: tests=[])
+        if tests and len(tests) * 2 < len(passing):
             select = f"{PROBE_DIR}/select.txt"
             box.write(select, "\n".join(tests) + "\n")
             env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}

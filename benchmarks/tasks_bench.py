@@ -1,0 +1,188 @@
+"""Mutate-fix synthesis benchmark on the default repository list, with a same-run baseline.
+
+For every ok image of the list (built by the builder if the catalog lacks it):
+  1. synthesize up to --max-tasks validated tasks (fresh FORAGER_HOME unless --home): tasks per repo,
+     per CPU-minute (the synthesis container's own CPU time) and per wall-minute, and the share of
+     candidate mutations that validate;
+  2. baseline, same run: on the first repo, the same candidates validated WITHOUT the fast reject
+     (the full suite for every candidate) → seconds per candidate, and the speed-up of ours;
+  3. the oracle's solve rate: oracle episodes through a real env server on up to --oracle-per-repo
+     tasks per repo (target 100%).
+Target: >= 20 validated tasks for each of >= 80% of the ok repos. The last line is one JSON object
+holding every figure printed.
+
+    python benchmarks/tasks_bench.py [--list examples/repos.txt] [--max-tasks 20] [--max-candidates 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import docker  # noqa: E402
+
+from forager.config import Settings  # noqa: E402
+from forager.tasks.synth import SynthesisError, run_synthesis  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ok_images(list_path: Path, settings: Settings) -> tuple[list, int]:
+    """The list's ok images: from the catalog where present, else built now by the builder."""
+    from images.build import build_list
+    from images.catalog import ok_records
+    from images.sources import parse_list
+
+    specs, errors = parse_list(list_path)
+    for e in errors:
+        print(f"list: {e}", file=sys.stderr)
+    catalog = {r.repo: r for r in ok_records(settings.catalog_path)} if settings.catalog_path.exists() else {}
+    missing = [s for s in specs if s.name not in catalog]
+    if missing:
+        print(f"building {len(missing)} repos with the builder (catalog: {settings.catalog_path})", file=sys.stderr)
+        build_list(missing, settings, jobs=1)
+        catalog = {r.repo: r for r in ok_records(settings.catalog_path)}
+    return [catalog[s.name] for s in specs if s.name in catalog], len(specs)
+
+
+def start_envserver(allow: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="tasks-bench-envserver-")
+    args = [sys.executable, "-m", "envserver", "--port", str(port)]
+    for a in allow:
+        args += ["--allow", a]
+    proc = subprocess.Popen(args, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("env server did not start")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--list", default=str(ROOT / "examples" / "repos.txt"))
+    ap.add_argument("--max-tasks", type=int, default=20)
+    ap.add_argument("--max-candidates", type=int, default=200)
+    ap.add_argument("--baseline-candidates", type=int, default=20)
+    ap.add_argument("--oracle-per-repo", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--home", default=None, help="where tasks go (default: a fresh temp dir; catalog from FORAGER_HOME)")
+    args = ap.parse_args()
+
+    catalog_settings = Settings.from_env()
+    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="tasks-bench-"))
+    settings = catalog_settings.model_copy(update={"home": home})
+    records, listed = ok_images(Path(args.list), catalog_settings)
+    client = docker.from_env(timeout=900)
+    print(f"{len(records)} ok images of {listed} listed; tasks → {settings.tasks_dir}")
+
+    per_repo = []
+    for rec in records:
+        try:
+            rep = run_synthesis(rec, settings, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
+                                timeout=args.timeout, client=client)
+        except SynthesisError as exc:
+            print(f"  {rec.repo}: synthesis failed: {exc}")
+            per_repo.append({"repo": rec.repo, "tasks": 0, "error": str(exc)[:300]})
+            continue
+        cpu_min = rep.cpu_seconds / 60 or float("nan")
+        row = {"repo": rec.repo, "tasks": len(rep.tasks), "tried": rep.tried, "candidates": rep.candidates,
+               "functions": rep.functions, "validate_share": round(rep.verdicts.get("task", 0) / max(rep.tried, 1), 3),
+               "verdicts": rep.verdicts, "wall_seconds": round(rep.seconds, 1), "cpu_seconds": round(rep.cpu_seconds, 1),
+               "tasks_per_cpu_minute": round(len(rep.tasks) / cpu_min, 2) if rep.cpu_seconds else None,
+               "tasks_per_wall_minute": round(len(rep.tasks) / (rep.seconds / 60), 2),
+               "suite_seconds": round(rep.baseline_seconds, 2)}
+        per_repo.append(row)
+        print(f"  {rec.repo}: {row['tasks']} tasks from {row['tried']} candidates "
+              f"({row['validate_share']:.0%} validate), {row['tasks_per_cpu_minute']} tasks/CPU-min, "
+              f"{row['wall_seconds']} s wall")
+
+    # baseline: the first repo's candidates again, full suite for each (no fast reject), fresh task dir
+    baseline = {}
+    first = next((r for r, row in zip(records, per_repo) if row.get("tried")), None)
+    if first is not None:
+        n = args.baseline_candidates
+        timed = {}
+        for label, fast in (("fast_reject", True), ("full_suite_only", False)):
+            tmp = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix=f"tasks-bench-{label}-"))})
+            rep = run_synthesis(first, tmp, max_tasks=10**6, max_candidates=n, fast_reject=fast, client=client)
+            timed[label] = {"tried": rep.tried, "tasks": rep.verdicts.get("task", 0),
+                            "seconds_per_candidate": round((rep.seconds - rep.baseline_seconds) / max(rep.tried, 1), 3)}
+        speedup = timed["full_suite_only"]["seconds_per_candidate"] / max(timed["fast_reject"]["seconds_per_candidate"], 1e-9)
+        baseline = {"repo": first.repo, **timed, "speedup": round(speedup, 2)}
+        print(f"baseline on {first.repo}: {timed['fast_reject']['seconds_per_candidate']} s/candidate with fast reject vs "
+              f"{timed['full_suite_only']['seconds_per_candidate']} s full-suite only → {speedup:.2f}x")
+
+    # oracle solve rate through a real env server
+    from envserver.client import EnvClient
+    from forager.agent_loop import run_episode
+    from forager.policies import make_policy
+    from forager.tasks.store import load_tasks
+
+    tasks = load_tasks(settings.tasks_dir) if settings.tasks_dir.exists() else []
+    sample = []
+    for rec in records:
+        sample += [t for t in tasks if t.repo == rec.repo][: args.oracle_per_repo]
+    solved = 0
+    if sample:
+        proc, url = start_envserver(sorted({t.image.split(":")[0] + ":*" for t in sample}) + ["forager/*"])
+        try:
+            with EnvClient(url) as env_client:
+                for t in sample:
+                    traj = run_episode(t, make_policy("oracle", run_tests=False), env_client, max_turns=20)
+                    solved += traj.result.reward == 1.0
+                    if traj.result.reward != 1.0:
+                        print(f"  oracle failed {t.id}: {traj.exit_reason} {traj.error or ''}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    solve_rate = solved / len(sample) if sample else None
+    print(f"oracle solve rate: {solved}/{len(sample)}")
+
+    ok_repos = [r for r in per_repo if "error" not in r]
+    at_target = [r for r in per_repo if r["tasks"] >= args.max_tasks]
+    share_at_target = len(at_target) / len(records) if records else 0.0
+    total_cpu = sum(r.get("cpu_seconds") or 0 for r in per_repo)
+    total_tasks = sum(r["tasks"] for r in per_repo)
+    total_tried = sum(r.get("tried", 0) for r in per_repo)
+    summary = {
+        "listed": listed, "ok_images": len(records), "repos_synthesized": len(ok_repos),
+        "tasks_total": total_tasks, "tasks_per_repo": {r["repo"]: r["tasks"] for r in per_repo},
+        "tasks_per_cpu_minute": round(total_tasks / (total_cpu / 60), 2) if total_cpu else None,
+        "validate_share": round(sum(r.get("verdicts", {}).get("task", 0) for r in per_repo) / max(total_tried, 1), 3),
+        "repos_at_target": len(at_target), "share_repos_at_target": round(share_at_target, 3),
+        "target_met": share_at_target >= 0.8, "oracle_solved": solved, "oracle_episodes": len(sample),
+        "oracle_solve_rate": solve_rate, "baseline": baseline, "per_repo": per_repo,
+    }
+    print(f"{len(at_target)}/{len(records)} repos reached {args.max_tasks} tasks "
+          f"({share_at_target:.0%}; target 80%: {'met' if summary['target_met'] else 'NOT met'}); "
+          f"{summary['tasks_per_cpu_minute']} tasks/CPU-min overall; {summary['validate_share']:.0%} of candidates validate")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
