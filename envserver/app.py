@@ -93,6 +93,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         m = mgr()
+        await asyncio.to_thread(m.backend.ping)  # 503 docker_unavailable when the daemon is down
         return {
             "ok": True, "server_id": m.server_id, "envs": len(m.envs), "pool": m.pool.stats(),
             "pool_failures": m.pool.failures, "removed_at_start": m.startup_removed,
@@ -108,7 +109,11 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
         return Response(metrics.render(len(m.envs), m.pool.stats()), media_type="text/plain; version=0.0.4")
 
     @app.post("/envs", response_model=EnvInfo, status_code=201)
-    async def create_env(req: CreateEnvRequest):
+    async def create_env(req: CreateEnvRequest, request: Request):
+        # Unknown fields are refused, not ignored: a client asking for mounts or privileges must hear no.
+        unknown = set(await request.json()) - set(CreateEnvRequest.model_fields)
+        if unknown:
+            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))} (envs get no mounts, privileges or networks)")
         with metrics.step("create_env"):
             env = await mgr().create(req)
         metrics.envs_created.labels("pool" if env.from_pool else "cold").inc()
@@ -135,7 +140,9 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
             env.outputs += 1
             return await tools.shell(mgr().backend, env.session, req, timeout, config.output_cap, env.outputs)
 
-        return await run_tool(env_id, "shell", work)
+        result = await run_tool(env_id, "shell", work)
+        # The hot path: serialise once, skipping FastAPI's re-validation of a model we just built.
+        return Response(result.model_dump_json(), media_type="application/json")
 
     @app.post("/envs/{env_id}/edit", response_model=FileToolResponse)
     async def edit(env_id: str, req: EditRequest):

@@ -188,10 +188,15 @@ class Backend:
 
     @_docker_errors
     def exec_exit_code(self, exec_id: str) -> int | None:
-        try:
-            return self.api.exec_inspect(exec_id).get("ExitCode")
-        except docker.errors.NotFound:
-            return None
+        for _ in range(40):  # the stream can close a moment before the daemon records the exit
+            try:
+                info = self.api.exec_inspect(exec_id)
+            except docker.errors.NotFound:
+                return None
+            if not info.get("Running"):
+                return info.get("ExitCode")
+            time.sleep(0.05)
+        return None
 
     @_docker_errors
     def run_script(

@@ -101,7 +101,7 @@ class Manager:
     # ------------------------------------------------------------------ envs
 
     async def create(self, req: CreateEnvRequest) -> Env:
-        if not self.allow.allows(req.image):
+        if not await asyncio.to_thread(self.allow.allows, req.image):  # may re-read a large catalog
             raise ImageNotAllowed(f"image {req.image!r} is not allowed on this server (allowed: {self.allow.describe()})")
         # 422 when the image is not on this host (nothing is ever pulled)
         image_workdir, _user = await asyncio.to_thread(self.backend.image_config, req.image)

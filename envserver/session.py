@@ -44,6 +44,29 @@ true
 """
 
 
+# asyncio.timeout (3.11) cancels in place; wait_for would wrap every command in a new Task.
+_deadline = getattr(asyncio, "timeout", None) or (lambda seconds: _WaitFor(seconds))
+
+
+class _WaitFor:  # Python 3.10 fallback: same contract as asyncio.timeout, built on a timer handle
+    def __init__(self, seconds: float):
+        self.seconds, self.fired = seconds, False
+
+    async def __aenter__(self):
+        task = asyncio.current_task()
+        self.handle = asyncio.get_running_loop().call_later(self.seconds, self._fire, task)
+
+    def _fire(self, task):
+        self.fired = True
+        task.cancel()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self.handle.cancel()
+        if self.fired and exc_type is asyncio.CancelledError:
+            raise TimeoutError
+        return False
+
+
 def quote(command: str) -> str:
     return "$'" + command.translate(_QUOTE) + "'"
 
@@ -111,7 +134,7 @@ class BashSession:
         out = Output()
         try:
             self.pid, self.cwd = await asyncio.wait_for(self._read_until(token, out), 60)
-        except (SessionDied, asyncio.TimeoutError) as exc:
+        except (SessionDied, asyncio.TimeoutError, TimeoutError) as exc:
             await self.close()
             raise SessionDied(f"bash did not start: {out.text()[-2000:].decode(errors='replace')} {exc}") from exc
         self._clean = True
@@ -127,8 +150,9 @@ class BashSession:
         self._clean = False
         try:
             self._writer.write(line.encode())
-            code, cwd = await asyncio.wait_for(self._read_until(token, out), timeout)
-        except asyncio.TimeoutError:
+            async with _deadline(timeout):
+                code, cwd = await self._read_until(token, out)
+        except TimeoutError:
             await self.restart()
             return RunResult(out.text(), None, timed_out=True, dropped=out.dropped)
         except SessionDied:

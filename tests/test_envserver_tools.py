@@ -129,6 +129,10 @@ def test_typed_errors(client, envserver, envtest_image, docker_client):
         client.create_env("forager/does-not-exist:1")
     with pytest.raises(BadRequest):
         client.create_env(envtest_image, ttl=1)  # below the minimum
+    import httpx
+
+    sneaky = httpx.post(envserver.url + "/envs", json={"image": envtest_image, "privileged": True, "binds": ["/:/host"]})
+    assert sneaky.status_code == 422 and "binds, privileged" in sneaky.json()["message"]
     doomed = client.create_env(envtest_image, ttl=600)
     docker_client.containers.get(doomed.container_id).kill()
     with pytest.raises(EnvGone):
