@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,9 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
         return record, False
     except DockerException as exc:
         return fail("error", f"docker: {exc}")
+    except Exception as exc:  # a bug or an OS error is still recorded, with its traceback, never lost
+        log(traceback.format_exc())
+        return fail("error", f"{type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
         log.close()

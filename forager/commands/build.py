@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 from forager.config import Settings
 from forager.ui import console, print_json, progress
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m|\[\d+m")
 DEFAULT_LIST = Path(__file__).resolve().parents[2] / "examples" / "repos.txt"
 
 
@@ -18,14 +20,14 @@ def _size(n: int | None) -> str:
 
 
 def _table(records, title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, show_lines=False)
     for col in ("repo", "status", "tests", "build s", "size", "tag / reason"):
         table.add_column(col, overflow="fold")
     for r in records:
         counted = r.tests_passed + r.tests_failed
         tests = f"{r.tests_passed}/{counted} ({r.tests_collected})" if r.tests_collected else "-"
         style = "green" if r.status == "ok" else "red"
-        table.add_row(r.repo, f"[{style}]{r.status}[/]", tests, f"{r.build_seconds:.0f}", _size(r.size_bytes), r.tag if r.status == "ok" else r.reason[:160])
+        table.add_row(r.repo, f"[{style}]{r.status}[/]", tests, f"{r.build_seconds:.0f}", _size(r.size_bytes), r.tag if r.status == "ok" else _ANSI.sub("", r.reason)[:60])
     return table
 
 
