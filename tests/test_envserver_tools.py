@@ -153,3 +153,23 @@ def test_openapi_and_metrics(client, envserver, env):
     metrics = httpx.get(envserver.url + "/metrics").text
     assert 'forager_step_seconds_count{tool="shell"}' in metrics and "forager_envs_live" in metrics
     assert 'forager_errors_total{error="unknown_env"}' in metrics
+
+
+def test_async_client_and_concurrent_calls_on_one_env(envserver, envtest_image):
+    import asyncio
+
+    async def scenario():
+        async with envserver.async_client() as c:
+            env = await c.create_env(envtest_image, ttl=60)
+            try:
+                # concurrent calls on one env are serialised by the server: each gets its own output
+                results = await asyncio.gather(*(c.shell(env.id, f"echo {i}; sleep 0.0{i}") for i in range(6)))
+                assert [r.output for r in results] == [f"{i}\n" for i in range(6)]
+                assert (await c.edit(env.id, "calc.py", "a + b", "b + a")).ok
+                assert "b + a" in (await c.submit(env.id)).patch
+            finally:
+                await c.delete_env(env.id)
+            with pytest.raises(UnknownEnv):
+                await c.get_env("nope")
+
+    asyncio.run(scenario())
