@@ -44,8 +44,10 @@ class EpisodeSpec:
     max_turns: int = 30
     episode_timeout: int = 1800
 
+    parameters: dict[str, Any] | None = None
+
     def policy_dict(self) -> dict[str, Any]:
-        return {"name": self.policy, "model": self.model}
+        return {"name": self.policy, "model": self.model, "parameters": self.parameters or {}}
 
 
 def collection_name(policy: str, model: str | None) -> str:
@@ -121,28 +123,31 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
         return summary
 
     from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized
+    from forager.agent_loop import EpisodeInfraError
 
     client = _env_client(settings)
+    started = time.monotonic()
     try:
         removed = remove_leftovers(client, job_id)
         if removed:
             log("leftovers_removed", envs=removed)
-        started = time.monotonic()
-        traj = _run(task_obj, attempt, policy, client, settings, job_id, max_turns, episode_timeout)
-    except (BadRequest, ImageNotAllowed, Unauthorized) as exc:
-        log("refused", error=f"{type(exc).__name__}: {exc}")
-        if job:
-            job.retries_left = 0  # retrying a refused request cannot help
+        traj = _run(task_obj, attempt, policy, client, settings, job_id, traj_id, max_turns, episode_timeout)
+    except (EnvServerError, EpisodeInfraError) as exc:
+        cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
+        error = f"{type(cause).__name__}: {cause}"
+        if isinstance(cause, (BadRequest, ImageNotAllowed, Unauthorized)):
+            log("refused", error=error)
+            if job:
+                job.retries_left = 0  # retrying a refused request cannot help
+            raise
+        log("infra_error", error=error, retries_left=getattr(job, "retries_left", None))
+        raise InfraError(error) from exc
+    except BaseException as exc:  # a bug, or RQ's job timeout: logged, then RQ decides (retry or fail)
+        log("error", error=f"{type(exc).__name__}: {exc}")
         raise
-    except EnvServerError as exc:
-        log("infra_error", error=f"{type(exc).__name__}: {exc}")
-        raise InfraError(f"{type(exc).__name__}: {exc}") from exc
     finally:
         _close(client)
 
-    if traj.exit_reason == "infra_error":
-        log("infra_error", error=traj.error, steps=len(traj.steps))
-        raise InfraError(traj.error or "infrastructure error during the episode")
     store.write(traj)
     summary = summarize(traj)
     summary["job_seconds"] = round(time.monotonic() - started, 3)
@@ -185,11 +190,9 @@ def _store(settings: Settings):
 
 
 def trajectory_id(task_id: str, attempt: int, policy: str, model: str | None) -> str:
-    from forager import trajectories
+    from forager.trajectories import trajectory_id as make_id
 
-    if hasattr(trajectories, "trajectory_id"):
-        return trajectories.trajectory_id(task_id, attempt, policy, model)
-    return episode_job_id(task_id, attempt, policy, model)
+    return make_id(task_id, attempt, policy, model)
 
 
 def _env_client(settings: Settings):
@@ -206,20 +209,27 @@ def _close(client) -> None:
 
 def remove_leftovers(client, job_id: str) -> list[str]:
     """Delete envs a previous try of this job left (it was killed before releasing them)."""
+    from envserver.errors import UnknownEnv
+
     leftovers = [e for e in client.list_envs() if e.labels.get(JOB_LABEL) == job_id]
     for env in leftovers:
-        client.delete_env(env.id)
+        try:
+            client.delete_env(env.id)
+        except UnknownEnv:  # reaped meanwhile
+            pass
     return [e.id for e in leftovers]
 
 
-def _run(task: Task, attempt: int, policy: dict, client, settings: Settings, job_id: str, max_turns: int,
-         episode_timeout: int):
+def _run(task: Task, attempt: int, policy: dict, client, settings: Settings, job_id: str, traj_id: str,
+         max_turns: int, episode_timeout: int):
+    """run_episode with the env labelled by this job and an expiry past the job's own timeout."""
     from forager.agent_loop import run_episode
     from forager.policies import make_policy
 
-    pol = make_policy(policy["name"], model=policy.get("model"), settings=settings)
+    pol = make_policy(policy["name"], model=policy.get("model"), settings=settings, **(policy.get("parameters") or {}))
     return run_episode(task, pol, client, attempt=attempt, max_turns=max_turns, wall_clock=episode_timeout,
-                       env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
+                       trajectory_id=traj_id, raise_infra=True, env_labels={JOB_LABEL: job_id},
+                       env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
 
 
 __all__ = ["EpisodeSpec", "InfraError", "collection_name", "enqueue_episodes", "run_episode_job"]

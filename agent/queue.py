@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,9 +27,10 @@ from forager.config import Settings
 # Finished and failed jobs stay visible long enough for status and dedup to see them.
 RESULT_TTL = 30 * 24 * 3600
 FAILURE_TTL = 30 * 24 * 3600
-# Infra failures (env server down, Docker error) are retried with growing waits.
-DEFAULT_RETRIES = 4
-DEFAULT_INTERVALS = (5, 15, 45, 120)
+# Infra failures (env server down, Docker error) are retried with growing waits (seconds), one
+# retry per interval; FORAGER_RETRY_INTERVALS="5,15,45,120" overrides them.
+DEFAULT_INTERVALS = tuple(int(x) for x in os.environ.get("FORAGER_RETRY_INTERVALS", "5,15,45,120").split(",") if x)
+DEFAULT_RETRIES = len(DEFAULT_INTERVALS)
 
 # States in which a job id counts as taken: enqueueing it again would double the work.
 TAKEN = {"queued", "started", "scheduled", "deferred", "finished"}

@@ -31,6 +31,22 @@ def _redis(settings: Settings, json_out: bool):
     return conn
 
 
+def parse_params(items: list[str]) -> dict:
+    """["temperature=0.2", "run_tests=false", "protocol=text"] -> {"temperature": 0.2, ...}."""
+    import json
+
+    params = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--policy-param wants KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
 def status_line(s: dict) -> str:
     return (f"queued {s['queued']}  running {s['running']}  retrying {s['retrying']}  done {s['done']}  "
             f"failed {s['failed']}  trajectories {s['trajectories']}  reward {s['reward_sum']:g}")
@@ -62,6 +78,7 @@ def register(app: typer.Typer) -> None:
         policy: str = typer.Option("oracle", "--policy", "-p", help="oracle | openai"),
         attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
         model: str | None = typer.Option(None, "--model", help="model name for the openai policy (default FORAGER_MODEL)"),
+        policy_param: list[str] = typer.Option([], "--policy-param", help="KEY=VALUE passed to the policy (JSON values)"),
         name: str | None = typer.Option(None, "--name", help="collection name (default: policy and model)"),
         max_turns: int = typer.Option(30, "--max-turns", min=1),
         episode_timeout: int = typer.Option(1800, "--episode-timeout", min=10, help="seconds; the job is killed past this"),
@@ -81,11 +98,16 @@ def register(app: typer.Typer) -> None:
         model = model or (settings.model_name if policy == "openai" else None)
         if policy == "openai" and not model:
             _fail("the openai policy needs a model: --model or FORAGER_MODEL", json_out)
+        try:
+            params = parse_params(policy_param)
+        except ValueError as exc:
+            _fail(str(exc), json_out)
         loaded = load_tasks(tasks)[: limit or None]
         if not loaded:
             _fail(f"no valid tasks in {tasks}", json_out)
         conn = _redis(settings, json_out)
-        spec = EpisodeSpec(policy=policy, model=model, max_turns=max_turns, episode_timeout=episode_timeout)
+        spec = EpisodeSpec(policy=policy, model=model, max_turns=max_turns, episode_timeout=episode_timeout,
+                           parameters=params)
         collection = name or collection_name(policy, model)
         with progress(disable=json_out) as bar:
             t = bar.add_task("enqueue", total=len(loaded) * attempts, status="")
