@@ -85,7 +85,8 @@ class SessionDied(Exception):
 
 
 class Output:
-    """Bytes read so far for one command. Keeps everything up to MAX_KEPT, then head + a rolling tail."""
+    """Bytes read so far for one command: everything up to MAX_KEPT; past that, the first MAX_KEPT/2 bytes
+    and a tail trimmed back to MAX_KEPT/2 whenever it passes MAX_KEPT (trimming in batches keeps it linear)."""
 
     def __init__(self, initial: bytes = b""):
         self.head = b""
@@ -165,7 +166,9 @@ class BashSession:
 
     async def _read_until(self, token: str, out: Output) -> tuple[int, str]:
         marker = f"\n__FORAGER_{token}__ ".encode()
-        searched = 0
+        # Only the newest bytes can hold the marker and its status line (exit code and a cwd up to PATH_MAX),
+        # so each search is bounded, and stays valid when Output drops old bytes from the front.
+        window = len(marker) + 4200
         reader = self._reader
         try:
             while True:
@@ -173,14 +176,12 @@ class BashSession:
                 data = await reader.readexactly(int.from_bytes(header[4:8], "big"))
                 out.add(data)
                 buf = out.buf
-                idx = buf.find(marker, max(0, searched - len(marker)))
+                idx = buf.find(marker, max(0, len(buf) - len(data) - window))
                 if idx < 0:
-                    searched = len(buf)
                     continue
                 end = buf.find(b"\n", idx + len(marker))
                 if end < 0:
-                    searched = idx  # the status line is still arriving
-                    continue
+                    continue  # the status line is still arriving
                 code_s, _, cwd = bytes(buf[idx + len(marker) : end]).decode(errors="replace").partition(" ")
                 self._pending = bytes(buf[end + 1 :])
                 del buf[idx:]
