@@ -42,11 +42,76 @@ def test_f2p_really_fail_with_the_patch_and_pass_without(synthesized, docker_cli
             assert box.sh("git status --porcelain --untracked-files=no")[1].strip() == ""
 
 
-def test_rerun_resumes_and_skips_decided_candidates(synthesized):
+def test_rerun_resumes_and_skips_decided_candidates(synthesized, tmp_path):
+    import shutil
+
     rep = synthesized.report
-    again = run_synthesis(synthesized.record, synthesized.settings, max_tasks=6, max_candidates=40, seed=1)
+    settings = synthesized.settings.model_copy(update={"home": tmp_path})  # a copy: the session's tasks stay as made
+    shutil.copytree(synthesized.settings.tasks_dir, settings.tasks_dir)
+    again = run_synthesis(synthesized.record, settings, max_tasks=6, max_candidates=40, seed=1)
     assert again.tried == 0 and [t.id for t in again.tasks] == [t.id for t in synthesized.tasks]
-    more = run_synthesis(synthesized.record, synthesized.settings, max_tasks=7, max_candidates=rep.tried + 2, seed=1)
+    more = run_synthesis(synthesized.record, settings, max_tasks=7, max_candidates=rep.tried + 2, seed=1)
     assert more.skipped == rep.tried  # every candidate decided before is skipped, not re-validated
     assert more.tried <= 2 and len(more.tasks) >= 6
-    assert len(load_tasks(synthesized.settings.tasks_dir)) == len(more.tasks)
+    assert len(load_tasks(settings.tasks_dir)) == len(more.tasks)
+
+
+def test_a_hanging_mutation_is_dropped_by_the_timeout(synthesized, docker_client):
+    """A candidate that loops forever is killed (the whole process group) and rejected, file restored."""
+    from forager.tasks.mutations import Candidate
+    from forager.tasks.synth import PROBE_DIR, _validate
+
+    rec = synthesized.record
+    path = "tinycalc/core.py"
+    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
+        original = box.read_bytes(path).decode()
+        hang = original.replace("def add(a, b):\n", "def add(a, b):\n    while True:\n        pass\n", 1)
+        assert hang != original
+        cand = Candidate(path, "add", 1, "remove_conditional", "hangs", hang)
+        box.sh(f"mkdir -p {PROBE_DIR}")
+        passing = {t for t, o in rec.test_outcomes.items() if o == "passed"}
+        verdict, task = _validate(box, rec, cand, original, [], passing, 3, [], True)
+        assert verdict == "timeout" and task is None
+        assert box.read_bytes(path).decode() == original
+        assert "pytest" not in box.sh("ps -eo args")[1]  # nothing left running
+
+
+def test_cli_tasks_list_export_dedupe_and_synth_resume(synthesized, images_home, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from forager.cli import app
+
+    home = tmp_path / "home"
+    shutil.copytree(synthesized.settings.tasks_dir, home / "tasks")
+    shutil.copy(images_home / "catalog.jsonl", home / "catalog.jsonl")
+    monkeypatch.setenv("FORAGER_HOME", str(home))
+    runner = CliRunner()
+
+    res = runner.invoke(app, ["tasks", "list", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout.strip().splitlines()[-1])
+    assert listed["count"] == len(synthesized.tasks)
+
+    # enough tasks already: a resumed synth validates nothing new
+    res = runner.invoke(app, ["tasks", "synth", synthesized.record.repo, "--max-tasks", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ok"] and out["repos"][0]["tried"] == 0 and out["repos"][0]["tasks"] == len(synthesized.tasks)
+
+    res = runner.invoke(app, ["tasks", "synth", "no-such-repo", "--json"])
+    assert res.exit_code == 1 and "no ok image" in res.stdout
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{broken\n")
+    res = runner.invoke(app, ["tasks", "import", str(bad), "--json"])
+    assert res.exit_code == 1 and ":1:" in json.loads(res.stdout.strip().splitlines()[-1])["errors"][0]
+
+    res = runner.invoke(app, ["export", "--format", "chat", "--out", str(tmp_path / "x.jsonl"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["written"] == 0
+    res = runner.invoke(app, ["export", "--format", "yaml", "--out", str(tmp_path / "x.jsonl"), "--json"])
+    assert res.exit_code == 1
+    res = runner.invoke(app, ["dedupe", "--dry-run", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["dropped"] == 0
