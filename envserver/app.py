@@ -191,19 +191,23 @@ class Guard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await _error(send, 413, "bad_request", f"request body over {self.max_body} bytes")
-        if length is not None:
+        if length is not None or scope["method"] in ("GET", "HEAD", "DELETE"):
             return await self.app(scope, receive, send)
-        seen = 0
-
-        async def counted():  # chunked bodies carry no length: count as they arrive
-            nonlocal seen
+        # A chunked body carries no length: read it here (up to the limit), then replay it to the app.
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.max_body:
-                raise BadRequest(f"request body over {self.max_body} bytes")
-            return message
+                return await _error(send, 413, "bad_request", f"request body over {self.max_body} bytes")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
 
-        return await self.app(scope, counted, send)
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
 
 
 async def _error(send, status: int, code: str, message: str) -> None:

@@ -92,6 +92,9 @@ def test_token_auth_and_request_limits(envtest_image, tmp_path):
             big = httpx.post(server.url + "/envs", content=b"x" * (11 * 1024 * 1024),
                              headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
             assert big.status_code == 413
+            chunked = httpx.post(server.url + "/envs", content=(b"x" * 1024 * 1024 for _ in range(12)),
+                                 headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
+            assert chunked.status_code == 413 and chunked.json()["error"] == "bad_request"
             with pytest.raises(BadRequest):
                 c._call("POST", "/envs", {"image": envtest_image, "ttl": "soon"})
         from envserver.client import EnvClient
