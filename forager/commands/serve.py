@@ -35,6 +35,12 @@ def register(app: typer.Typer) -> None:
         from envserver.app import create_app
         from envserver.config import ServerConfig
 
+        def fail(message: str, code: int) -> None:
+            if json_out:
+                print_json({"ok": False, "error": message})
+            console.print(f"[red]serve:[/] {message}")
+            raise typer.Exit(code)
+
         try:
             config = ServerConfig(
                 host=host, port=port, token=token or os.environ.get("FORAGER_ENVSERVER_TOKEN") or None,
@@ -43,10 +49,13 @@ def register(app: typer.Typer) -> None:
             )
             app_ = create_app(config)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
-            if json_out:
-                print_json({"ok": False, "error": str(exc)})
-            console.print(f"[red]serve:[/] {exc}")
-            raise typer.Exit(2)
+            fail(str(exc), 2)
+        try:
+            from envserver.docker_backend import Backend
+
+            Backend(pool_size=4).ping()  # say so plainly now, rather than as a failed startup traceback
+        except Exception as exc:
+            fail(f"Docker is unavailable: {exc}", 3)
         server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning", access_log=False))
         url = f"http://{host}:{port}"
 
