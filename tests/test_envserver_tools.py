@@ -173,3 +173,30 @@ def test_async_client_and_concurrent_calls_on_one_env(envserver, envtest_image):
                 await c.get_env("nope")
 
     asyncio.run(scenario())
+
+
+def test_a_slow_command_in_one_env_does_not_hold_up_another(envserver, envtest_image):
+    import asyncio
+
+    async def scenario():
+        async with envserver.async_client() as c:
+            slow, quick = await asyncio.gather(c.create_env(envtest_image, ttl=60), c.create_env(envtest_image, ttl=60))
+            finished: list[str] = []
+            try:
+                async def run_slow():
+                    await c.shell(slow.id, "sleep 3; echo slow")
+                    finished.append("slow")
+
+                async def run_quick():
+                    await asyncio.sleep(0.2)  # let the slow command start first
+                    for i in range(5):
+                        assert (await c.shell(quick.id, f"echo {i}")).output == f"{i}\n"
+                        assert (await c.create(quick.id, f"note{i}.txt", "x")).ok  # file tools use Docker API calls
+                    finished.append("quick")
+
+                await asyncio.gather(run_slow(), run_quick())
+            finally:
+                await asyncio.gather(c.delete_env(slow.id), c.delete_env(quick.id))
+            assert finished == ["quick", "slow"]
+
+    asyncio.run(scenario())
