@@ -258,7 +258,7 @@ def build_list(
             with bar_lock:
                 active[0] -= 1
                 idle = active[0] == 0
-            if idle and not results[index][1]:
+            if idle and results[index] and not results[index][1]:
                 prune_build_leftovers(client)  # only when no build of ours is running mid-way
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -8,6 +8,7 @@ tests that need the source (task synthesis mutates its functions).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -155,10 +156,17 @@ packages = ["tinycalc"]
 
 def git_commit_all(path: Path, message: str) -> str:
     """Commit everything in `path` (a git repo) and return the new commit SHA."""
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
-    import os
-
-    env = {**os.environ, **env}
+    # Fixed identity and dates: the same files give the same SHA in every session, so the content-addressed
+    # images of earlier sessions are reused instead of piling up.
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+        "GIT_AUTHOR_DATE": "2001-01-01T00:00:00+0000",
+        "GIT_COMMITTER_DATE": "2001-01-01T00:00:00+0000",
+    }
     subprocess.run(["git", "add", "-A"], cwd=path, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message], cwd=path, check=True, env=env)
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, check=True, env=env, capture_output=True, text=True).stdout.strip()
