@@ -155,3 +155,32 @@ def test_infra_errors_end_with_infra_error_and_can_be_raised(synthesized, envser
     with envserver.client() as client:
         traj = run_episode(task, KillsItsEnv("k", [Action(tool="shell", arguments={"command": "ls"})] * 3), client)
     assert traj.exit_reason == "infra_error" and len(traj.steps) == 1
+
+
+def test_cli_episode_writes_one_trajectory_and_exports_it(synthesized, envserver, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from forager.cli import app
+
+    home = tmp_path / "home"
+    shutil.copytree(synthesized.settings.tasks_dir, home / "tasks")
+    monkeypatch.setenv("FORAGER_HOME", str(home))
+    monkeypatch.setenv("FORAGER_ENVSERVER_URL", envserver.url)
+    task = synthesized.tasks[2]
+    runner = CliRunner()
+    for _ in range(2):  # the same (task, attempt, policy) twice: one record
+        res = runner.invoke(app, ["episode", task.id, "--json"])
+        assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["reward"] == 1.0 and out["exit_reason"] == "submitted"
+    assert TrajectoryStore(home / "trajectories").count() == 1
+    res = runner.invoke(app, ["episode", "nope", "--json"])
+    assert res.exit_code == 1 and "no task" in res.stdout
+    for fmt in ("cwm", "chat"):
+        res = runner.invoke(app, ["export", "--format", fmt, "--out", str(tmp_path / f"{fmt}.jsonl"), "--json"])
+        assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["written"] == 1
+    rec = json.loads((tmp_path / "cwm.jsonl").read_text())
+    assert "<tool: edit>" in rec["text"] and "<output>" in rec["text"] and rec["reward"] == 1.0
