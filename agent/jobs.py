@@ -83,7 +83,7 @@ def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSp
         if traj is not None:
             from agent.status import record_result
 
-            record_result(conn, collection, js.job_id, summarize(traj, existing=True))
+            record_result(conn, js.job_id, summarize(traj, existing=True))
         return traj is not None
 
     outcome: dict[str, str] = {}
@@ -174,10 +174,10 @@ def summarize(traj, existing: bool = False) -> dict[str, Any]:
 
 
 def _report(job, collection: str | None, job_id: str, summary: dict[str, Any]) -> None:
-    if collection and job is not None:
+    if job is not None:
         from agent.status import record_result
 
-        record_result(job.connection, collection, job_id, summary)
+        record_result(job.connection, job_id, summary)
 
 
 # ---------------------------------------------------------------- the other areas' interfaces, in one place

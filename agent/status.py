@@ -1,8 +1,9 @@
 """What the fleet is doing: queue counts and per-collection progress, read from Redis only.
 
-A collection is the set of jobs one `forager collect` made (its name derives from the tasks and the
-policy). Each finished episode job records a small summary (trajectory id, reward, steps, exit
-reason) in the collection's results hash, keyed by job id, so a re-run overwrites rather than adds.
+A collection is a named set of job ids (`forager collect` names it after the policy and model).
+Each finished episode job records a small summary (trajectory id, reward, steps, exit reason) in
+one results hash keyed by job id, so a re-run overwrites rather than adds, and a job shared by two
+collections (same task, attempt, policy, model) is counted in both.
 """
 
 from __future__ import annotations
@@ -36,23 +37,28 @@ def queue_counts(redis: str | Redis, queue_name: str) -> dict[str, int]:
     return counts
 
 
-def record_result(conn: Redis, collection: str, job_id: str, summary: dict[str, Any]) -> None:
-    conn.hset(collection_key(collection, "results"), job_id, json.dumps(summary))
-    conn.sadd(f"{KEY_PREFIX}:collections", collection)
+RESULTS_KEY = f"{KEY_PREFIX}:results"
+
+
+def record_result(conn: Redis, job_id: str, summary: dict[str, Any]) -> None:
+    conn.hset(RESULTS_KEY, job_id, json.dumps(summary))
 
 
 def list_collections(conn: Redis) -> list[str]:
     return sorted(c.decode() for c in conn.smembers(f"{KEY_PREFIX}:collections"))
 
 
-def collection_status(conn: Redis, collection: str) -> dict[str, Any]:
-    """Counts for one collection: queued, running, retrying, done, failed, trajectories, reward."""
-    job_ids = sorted(j.decode() for j in conn.smembers(collection_key(collection, "jobs")))
+def collection_status(conn: Redis, collection: str, only: set[str] | None = None) -> dict[str, Any]:
+    """Counts for one collection (or the subset `only` of its jobs): queued, running, retrying, done,
+    failed, trajectories, reward."""
+    job_ids = sorted(only) if only is not None else sorted(
+        j.decode() for j in conn.smembers(collection_key(collection, "jobs")))
     pipe = conn.pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hget(f"rq:job:{job_id}", "status")
     states = [s.decode() if s else None for s in pipe.execute()] if job_ids else []
-    results = {k.decode(): json.loads(v) for k, v in conn.hgetall(collection_key(collection, "results")).items()}
+    raw = conn.hmget(RESULTS_KEY, job_ids) if job_ids else []
+    results = {j: json.loads(r) for j, r in zip(job_ids, raw) if r}
     counts = dict.fromkeys(("queued", "running", "retrying", "done", "failed"), 0)
     for job_id, state in zip(job_ids, states):
         if state == "finished" or (state is None and job_id in results):

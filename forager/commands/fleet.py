@@ -210,3 +210,71 @@ def register(app: typer.Typer) -> None:
                                                                   "failed", "trajectories")),
                           f"{c['solve_rate']:.0%}", f"{c['reward_sum']:g}")
         console.print(table)
+
+    @app.command("run")
+    def run_cmd(
+        repos: Path = typer.Argument(None, help="repository list [default: the bundled examples/repos.txt]"),
+        max_repos: int = typer.Option(10, "--max-repos", min=1, help="only the first N entries of the list"),
+        tasks_per_repo: int = typer.Option(5, "--tasks-per-repo", min=1, help="mutate-fix tasks per repository"),
+        max_candidates: int = typer.Option(40, "--max-candidates", min=1, help="mutations tried per repository"),
+        attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
+        workers: int = typer.Option(2, "--workers", "-w", min=0,
+                                    help="worker processes to start if none listen on the queue (0: use existing)"),
+        jobs: int = typer.Option(2, "-j", "--jobs", min=1, help="concurrent image builds"),
+        policy: str | None = typer.Option(None, "--policy", "-p",
+                                          help="oracle | openai [default: openai if FORAGER_MODEL_BASE_URL is set]"),
+        model: str | None = typer.Option(None, "--model", help="model for the openai policy (default FORAGER_MODEL)"),
+        max_turns: int = typer.Option(30, "--max-turns", min=1),
+        episode_timeout: int = typer.Option(1800, "--episode-timeout", min=10),
+        json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
+    ) -> None:
+        """The whole job on this machine: build images, synthesize tasks, collect trajectories, summarize.
+
+        Resumable: interrupted, the next run skips every image, task and episode already done.
+        """
+        from agent.pipeline import DEFAULT_LIST, RunOptions, run
+        from agent.services import ServiceError
+
+        settings = Settings.from_env()
+        repos = repos or DEFAULT_LIST
+        if not repos.is_file():
+            _fail(f"no such repository list: {repos}", json_out)
+        if policy not in (None, "oracle", "openai"):
+            _fail(f"unknown policy {policy!r}: use oracle or openai", json_out)
+        opts = RunOptions(repos=repos, max_repos=max_repos, tasks_per_repo=tasks_per_repo, max_candidates=max_candidates,
+                          attempts=attempts, workers=workers, jobs=jobs, max_turns=max_turns,
+                          episode_timeout=episode_timeout, policy=policy, model=model)
+        started = time.monotonic()
+        try:
+            with progress() as bar:
+                report = run(opts, settings, bar, log=lambda m: bar.console.print(f"[cyan]run[/] {m}"))
+        except (ValueError, RuntimeError, ServiceError) as exc:
+            _fail(str(exc), json_out)
+        summary = report.as_dict()
+        summary["seconds"]["total"] = round(time.monotonic() - started, 1)
+        if json_out:
+            print_json(summary)
+        else:
+            print_run_summary(summary)
+        if not summary["ok"]:
+            raise typer.Exit(1)
+
+
+def print_run_summary(s: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"forager run: {s['policy']}{' / ' + s['model'] if s['model'] else ''}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    r = s["repos"]
+    table.add_row("repos ok", f"{r['ok']}/{r['total']}")
+    for repo, why in {**r["build_failures"], **r["synth_failures"]}.items():
+        table.add_row("", f"[yellow]{repo}[/]: {why[:90]}")
+    table.add_row("tasks", f"{s['tasks']} (" + ", ".join(f"{k} {v}" for k, v in s["tasks_by_repo"].items()) + ")")
+    table.add_row("trajectories", f"{s['trajectories']} (failed jobs: {s['failed_jobs']})")
+    table.add_row("solve rate", f"{s['solve_rate']:.0%}")
+    table.add_row("mean steps", f"{s['mean_steps']:g}")
+    table.add_row("time", "  ".join(f"{k} {v:g}s" for k, v in s["seconds"].items()))
+    for k, v in s["data"].items():
+        table.add_row(k, v)
+    console.print(table)

@@ -1,0 +1,191 @@
+"""Start what the fleet needs when nothing is running: Redis, an env server, a worker pool.
+
+Used by `forager run` on one machine: anything already configured and reachable is used as is;
+anything missing is started here as a subprocess (loopback only) and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlparse
+
+from forager.config import Settings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def envserver_reachable(url: str, token: str | None = None) -> bool:
+    import httpx
+
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=3, headers=headers).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def workers_on(redis_url: str, queue: str, fresh: float = 90.0) -> int:
+    """Workers listening on `queue` that sent a heartbeat in the last `fresh` seconds (a killed
+    worker's registration lingers in Redis for minutes)."""
+    from datetime import datetime, timezone
+
+    from rq import Queue, Worker
+
+    from agent.queue import connect
+
+    now = datetime.now(timezone.utc)
+    alive = 0
+    for w in Worker.all(queue=Queue(queue, connection=connect(redis_url))):
+        beat = w.last_heartbeat
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=timezone.utc)
+        if beat is not None and (now - beat).total_seconds() <= fresh:
+            alive += 1
+    return alive
+
+
+def _wait(check, proc: subprocess.Popen, what: str, log: Path, deadline: float = 120) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise ServiceError(f"{what} exited with {proc.returncode}; log {log}:\n{tail}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise ServiceError(f"{what} did not come up within {deadline:.0f}s; log {log}")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class LocalServices:
+    """Context manager: make Redis, the env server and workers available; stop what it started.
+
+    `settings` is updated in place with the URLs actually used, and `env` is the environment to
+    give any subprocess that must use them.
+    """
+
+    def __init__(self, settings: Settings, workers: int, log=print):
+        self.settings, self.workers, self.log = settings, workers, log
+        self.started: list[str] = []
+        self.env = dict(os.environ)
+        self._stack = ExitStack()
+        self.pool: subprocess.Popen | None = None
+
+    def _spawn(self, name: str, cmd: list[str], grace: float) -> tuple[subprocess.Popen, Path]:
+        log_path = self.settings.logs_dir / "services" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_path, "ab")
+        proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        self._stack.callback(_stop, proc, grace)
+        self.started.append(name)
+        return proc, log_path
+
+    def __enter__(self) -> "LocalServices":
+        try:
+            self._redis()
+            self._envserver()
+            self._workers()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _redis(self) -> None:
+        url = self.settings.redis_url
+        if redis_reachable(url):
+            return
+        parsed = urlparse(url)
+        exe = shutil.which("redis-server")
+        if parsed.hostname not in LOOPBACK or not exe:
+            raise ServiceError(f"Redis at {url} is unreachable (start it with `forager setup`, or set FORAGER_REDIS_URL)")
+        port = parsed.port or 6379
+        if not _port_free(port):
+            raise ServiceError(f"Redis at {url} does not answer, and its port is taken by something else")
+        data = self.settings.home / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        proc, log = self._spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                                          "--appendonly", "yes", "--save", ""], grace=30)
+        _wait(lambda: redis_reachable(url), proc, "redis-server", log)
+        self.log(f"started redis-server on {url} (append-only, data in {data})")
+
+    def _envserver(self) -> None:
+        url = self.settings.envserver_url
+        if envserver_reachable(url, self.settings.envserver_token):
+            return
+        parsed = urlparse(url)
+        if parsed.hostname not in LOOPBACK:
+            raise ServiceError(f"the env server at {url} is unreachable (FORAGER_ENVSERVER_URL)")
+        port = parsed.port or 8765
+        if not _port_free(port):
+            port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "envserver", "--host", "127.0.0.1", "--port", str(port)]
+        # Allowed images: the catalog's ok images (the server's default) and nothing else.
+        proc, log = self._spawn("envserver", cmd, grace=120)  # it removes its containers on SIGTERM
+        _wait(lambda: envserver_reachable(url), proc, "the env server", log)
+        self.settings.envserver_url = self.env["FORAGER_ENVSERVER_URL"] = url
+        self.log(f"started the env server on {url}")
+
+    def _workers(self) -> None:
+        if self.workers == 0 or workers_on(self.settings.redis_url, self.settings.queue):
+            return
+        self.env["FORAGER_REDIS_URL"] = self.settings.redis_url
+        self.env["FORAGER_QUEUE"] = self.settings.queue
+        cmd = [sys.executable, "-m", "forager.cli", "worker", "--concurrency", str(self.workers)]
+        # Warm shutdown: workers finish the episode they are in (the collection is done by then).
+        self.pool, log = self._spawn("workers", cmd, grace=120)
+        _wait(lambda: workers_on(self.settings.redis_url, self.settings.queue) >= self.workers, self.pool,
+              "the worker pool", log)
+        self.log(f"started {self.workers} workers on queue {self.settings.queue}")
+
+    def pool_alive(self) -> bool:
+        return self.pool is None or self.pool.poll() is None
