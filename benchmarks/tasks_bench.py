@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--baseline-candidates", type=int, default=20)
     ap.add_argument("--oracle-per-repo", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--time-budget", type=float, default=300, help="seconds of synthesis per repo")
     ap.add_argument("--home", default=None, help="where tasks go (default: a fresh temp dir; catalog from FORAGER_HOME)")
     args = ap.parse_args()
 
@@ -104,7 +105,7 @@ def main() -> None:
     for rec in records:
         try:
             rep = run_synthesis(rec, settings, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
-                                timeout=args.timeout, client=client)
+                                timeout=args.timeout, time_budget=args.time_budget, client=client)
         except SynthesisError as exc:
             print(f"  {rec.repo}: synthesis failed: {exc}")
             per_repo.append({"repo": rec.repo, "tasks": 0, "error": str(exc)[:300]})
@@ -115,7 +116,7 @@ def main() -> None:
                "verdicts": rep.verdicts, "wall_seconds": round(rep.seconds, 1), "cpu_seconds": round(rep.cpu_seconds, 1),
                "tasks_per_cpu_minute": round(len(rep.tasks) / cpu_min, 2) if rep.cpu_seconds else None,
                "tasks_per_wall_minute": round(len(rep.tasks) / (rep.seconds / 60), 2),
-               "suite_seconds": round(rep.baseline_seconds, 2)}
+               "suite_seconds": round(rep.baseline_seconds, 2), "out_of_time": rep.out_of_time}
         per_repo.append(row)
         print(f"  {rec.repo}: {row['tasks']} tasks from {row['tried']} candidates "
               f"({row['validate_share']:.0%} validate), {row['tasks_per_cpu_minute']} tasks/CPU-min, "

@@ -130,3 +130,14 @@ def test_problem_statement_hides_tests_and_the_mutated_line():
 def test_test_paths():
     assert is_test_path("tests/test_a.py") and is_test_path("pkg/conftest.py") and is_test_path("a_test.py")
     assert not is_test_path("src/pkg/core.py")
+
+
+def test_narrow_command_replaces_paths_with_node_ids():
+    from forager.tasks.synth import narrow_command
+
+    ids = ["tests/a.py::t1", "tests/b.py::T::t[x y]"]
+    assert narrow_command("python -m pytest --continue-on-collection-errors tests", ids) == \
+        "python -m pytest --continue-on-collection-errors tests/a.py::t1 'tests/b.py::T::t[x y]'"
+    assert narrow_command("python -m pytest -k 'not slow' -p no:cacheprovider tests", ids[:1]) == \
+        "python -m pytest -k 'not slow' -p no:cacheprovider tests/a.py::t1"
+    assert narrow_command("tox -e py && pytest", ids) is None and narrow_command("make test", ids) is None

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         max_tasks: int = typer.Option(20, "--max-tasks", min=1, help="target validated tasks per repo image"),
         max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="candidate mutations validated per repo"),
         timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run (default: 5x the suite)"),
+        time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds per repo, then stop"),
         seed: int = typer.Option(0, "--seed"),
         show_tests: bool = typer.Option(False, "--show-tests", help="name the failing tests in problem statements"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
@@ -57,10 +58,12 @@ def register(app: typer.Typer) -> None:
                 try:
                     rep = run_synthesis(rec, settings, max_tasks=max_tasks, max_candidates=max_candidates,
                                         timeout=timeout, seed=seed, hide_tests=not show_tests, client=client,
+                                        time_budget=time_budget,
                                         on_progress=lambda d, n, s, t=t: bar.update(t, completed=d, total=n, status=s))
                     results.append({"repo": rec.repo, "image": rec.tag, "ok": True, "tasks": len(rep.tasks),
                                     "new_tasks": rep.new_tasks, "tried": rep.tried, "skipped": rep.skipped,
                                     "verdicts": rep.verdicts, "functions": rep.functions,
+                                    "out_of_time": rep.out_of_time,
                                     "seconds": round(rep.seconds, 2)})
                     bar.update(t, status=f"{len(rep.tasks)} tasks")
                 except SynthesisError as exc:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import re
+import shlex
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -54,6 +55,7 @@ class SynthReport:
     baseline_seconds: float = 0.0
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time used inside the synthesis container
+    out_of_time: bool = False  # stopped by time_budget before max_tasks / max_candidates
 
 
 def is_test_path(path: str) -> bool:
@@ -80,6 +82,7 @@ def run_synthesis(
     seed: int = 0,
     hide_tests: bool = True,
     fast_reject: bool = True,
+    time_budget: float | None = None,
     client: docker.DockerClient | None = None,
     on_progress: Progress | None = None,
 ) -> SynthReport:
@@ -116,8 +119,12 @@ def run_synthesis(
         report.candidates = len(candidates)
         budget = min(max_candidates, len(candidates))
         originals: dict[str, str] = {}
+        mode: dict[str, bool] = {}
         for cand, tests in candidates:
             if len(report.tasks) >= max_tasks or report.tried >= budget:
+                break
+            if time_budget and time.monotonic() - started > time_budget:
+                report.out_of_time = True
                 break
             original = originals.setdefault(cand.file, box.read_bytes(cand.file).decode())
             key = cand.key(original)
@@ -129,7 +136,7 @@ def run_synthesis(
                 done.add(key)
                 continue
             verdict, task = _validate(box, record, cand, original, tests if fast_reject else [], passing, timeout,
-                                      test_files, hide_tests)
+                                      test_files, hide_tests, mode)
             report.tried += 1
             report.verdicts[verdict] = report.verdicts.get(verdict, 0) + 1
             done.add(key)
@@ -213,20 +220,21 @@ def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidat
     return ordered
 
 
-def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests):
-    """(verdict, task or None): the fast run of covering tests, then the full suite, file always restored."""
+def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests, mode=None):
+    """(verdict, task or None): the fast run of covering tests, then the full suite, file always restored.
+
+    `mode` remembers across candidates whether naming the covering tests on the command line works
+    for this repo ({"narrow": True/False}); when it does not, the probe plugin selects them instead.
+    """
+    mode = mode if mode is not None else {}
     box.write(cand.file, cand.source)
     try:
         # fast reject on the covering tests, unless they are most of the suite anyway (or disabled: tests=[])
         if tests and len(tests) * 2 < len(passing):
-            select = f"{PROBE_DIR}/select.txt"
-            box.write(select, "\n".join(tests) + "\n")
-            env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}
-            fast = box.run_tests(record.test_command, timeout, env=env, extra_args="-p forager_probe -x")
-            if fast.timed_out:
+            fast_out, timed_out = _fast_run(box, record, tests, passing, timeout, mode)
+            if timed_out:
                 return "timeout", None
-            fast_out = parse_junit(fast.junit) if fast.junit else {}
-            if fast.junit and not any(o in ("failed", "error") for t, o in fast_out.items() if t in passing):
+            if fast_out is not None and not any(o in ("failed", "error") for t, o in fast_out.items() if t in passing):
                 return "no_f2p", None
         full = box.run_tests(record.test_command, timeout)
         if full.timed_out:
@@ -245,6 +253,60 @@ def _validate(box, record, cand, original, tests, passing, timeout, test_files, 
         return "task", _task(record, cand, original, f2p, p2p, full.junit, test_files, hide_tests)
     finally:
         box.write(cand.file, original)
+
+
+def _fast_run(box, record, tests, passing, timeout, mode) -> tuple[dict[str, str] | None, bool]:
+    """Outcomes of only the covering tests (None when the run could not be matched to test ids)."""
+    narrowed = narrow_command(record.test_command, tests) if mode.get("narrow", True) else None
+    if narrowed:
+        run = box.run_tests(narrowed, timeout, extra_args="-x")  # collects only the named tests
+        if run.timed_out:
+            return None, True
+        out = parse_junit(run.junit) if run.junit else {}
+        if set(out) & passing:
+            mode["narrow"] = True
+            return out, False
+        mode["narrow"] = False  # ids did not line up (rootdir differs): select inside pytest from now on
+    select = f"{PROBE_DIR}/select.txt"
+    box.write(select, "\n".join(tests) + "\n")
+    env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}
+    run = box.run_tests(record.test_command, timeout, env=env, extra_args="-p forager_probe -x")
+    if run.timed_out:
+        return None, True
+    out = parse_junit(run.junit) if run.junit else {}
+    return (out if set(out) & passing else None), False
+
+
+# pytest options whose value is the next token (so that token is not mistaken for a test path)
+_VALUE_OPTIONS = {
+    "-k", "-m", "-p", "-c", "-o", "-W", "-r", "-n", "--rootdir", "--confcutdir", "--basetemp", "--deselect",
+    "--ignore", "--ignore-glob", "--import-mode", "--tb", "--durations", "--maxfail", "--override-ini",
+    "--log-level", "--timeout", "--cov", "--cov-report", "--cov-config", "--junitxml", "--junit-xml",
+}
+
+
+def narrow_command(test_command: str, node_ids: list[str], max_chars: int = 60000) -> str | None:
+    """The test command with its path arguments replaced by node ids; None if it is not a plain pytest call."""
+    try:
+        tokens = shlex.split(test_command)
+    except ValueError:
+        return None
+    if any(t in ("&&", "||", ";", "|") for t in tokens):
+        return None
+    at = next((i for i, t in enumerate(tokens) if t in ("pytest", "py.test") or t.endswith("/pytest")), None)
+    if at is None:
+        return None
+    kept, expect_value = tokens[: at + 1], False
+    for tok in tokens[at + 1 :]:
+        if expect_value:
+            kept.append(tok)
+            expect_value = False
+        elif tok.startswith("-"):
+            kept.append(tok)
+            expect_value = tok in _VALUE_OPTIONS
+        # a positional argument is a test path: dropped, the node ids replace it
+    command = shlex.join(kept + sorted(node_ids))
+    return command if len(command) <= max_chars else None
 
 
 def _task(record, cand, original, f2p, p2p, junit, test_files, hide_tests) -> Task:
