@@ -11,7 +11,10 @@ from __future__ import annotations
 import ast
 import configparser
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,7 +305,10 @@ def _requirements(meta: _Meta, notes: list[str]) -> list[str]:
     tox_deps = _tox_deps(meta)
     test += tox_deps
 
-    lines = _expand_self(meta, runtime + test, extras)
+    plugins = _pytest_plugins(meta, runtime + test)
+    if plugins:
+        notes.append(f"pytest config needs plugins the manifests do not list: {plugins}")
+    lines = _expand_self(meta, runtime + test + plugins, extras)
     out, seen = [], set()
     for line in list(meta.build_requires) + lines + ["pytest"]:
         key = line.replace(" ", "")
@@ -411,6 +417,56 @@ def _expand_self(meta: _Meta, lines: list[str], extras: dict[str, list[str]]) ->
 
 
 # ---------------------------------------------------------------- tests
+
+
+# Options in a project's pytest `addopts` that only a plugin understands: without the plugin pytest
+# refuses to start (exit code 4), so the plugin joins the dependency layer.
+_ADDOPTS_PLUGINS = {
+    r"--cov\b": "pytest-cov",
+    r"(^|\s)-n\s*\S|--numprocesses|--dist\b": "pytest-xdist",
+    r"--benchmark-": "pytest-benchmark",
+    r"--timeout\b": "pytest-timeout",
+    r"--reruns\b": "pytest-rerunfailures",
+    r"--doctest-plus\b": "pytest-doctestplus",
+    r"-p\s*randomly|--randomly": "pytest-randomly",
+    r"--mypy\b": "pytest-mypy",
+}
+
+
+def _pytest_ini(meta: _Meta) -> dict:
+    """The project's pytest settings, from whichever file holds them (pytest's own precedence)."""
+    pytest_ini = _ini(meta.root / "pytest.ini").get("pytest")
+    if pytest_ini is not None:
+        return pytest_ini
+    tool = meta.pyproject.get("tool", {}).get("pytest", {}).get("ini_options")
+    if tool is not None:
+        return tool
+    return meta.tox.get("pytest") or meta.setup_cfg.get("tool:pytest") or {}
+
+
+def _pytest_plugins(meta: _Meta, requirements: list[str]) -> list[str]:
+    ini = _pytest_ini(meta)
+    addopts = ini.get("addopts", "")
+    addopts = " ".join(addopts) if isinstance(addopts, list) else str(addopts)
+    required = ini.get("required_plugins", [])
+    required = required if isinstance(required, list) else str(required).split()
+    have = set()
+    for line in requirements:
+        try:
+            have.add(canonicalize_name(Requirement(line).name))
+        except InvalidRequirement:
+            pass
+    wanted = [plugin for pattern, plugin in _ADDOPTS_PLUGINS.items() if re.search(pattern, addopts)] + list(required)
+    out = []
+    for plugin in wanted:
+        try:
+            name = canonicalize_name(Requirement(plugin).name)
+        except InvalidRequirement:
+            continue
+        if name not in have:
+            have.add(name)
+            out.append(plugin)
+    return out
 
 
 def _test_command(root: Path, meta: _Meta, notes: list[str]) -> tuple[str, str]:

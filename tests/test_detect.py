@@ -161,3 +161,17 @@ def test_tree_without_packaging_is_not_installed(tmp_path):
     det = detect(tmp_path, spec(), AVAILABLE)
     assert det.install == [] and det.requirements == ["pytest"]
     assert det.test_command == "python -m pytest --continue-on-collection-errors test_calc.py"
+
+
+def test_plugins_named_by_pytest_addopts_join_the_dependencies(tmp_path):
+    write(
+        tmp_path,
+        {
+            "pyproject.toml": '[project]\nname = "p"\nversion = "1"\n[project.optional-dependencies]\ntest = ["pytest-timeout"]\n'
+            '[tool.pytest.ini_options]\naddopts = "--cov=p --cov-report=term -n 2 --timeout 30"\nrequired_plugins = ["pytest-mock>=3"]\n',
+            "tests/test_p.py": "def test_p():\n    pass\n",
+        },
+    )
+    reqs = detect(tmp_path, spec(), AVAILABLE).requirements
+    assert {"pytest-cov", "pytest-xdist", "pytest-mock>=3", "pytest-timeout"} <= set(reqs)
+    assert reqs.count("pytest-timeout") == 1
