@@ -36,6 +36,10 @@ def _docker_errors(fn):
             return fn(*args, **kwargs)
         except (docker.errors.NotFound, BadRequest, EnvGone):
             raise
+        except docker.errors.APIError as exc:
+            if exc.status_code is not None and exc.status_code < 500:
+                raise BadRequest(f"Docker refused: {exc.explanation or exc}") from exc
+            raise DockerUnavailable(f"Docker error: {exc}") from exc
         except (requests.exceptions.ConnectionError, docker.errors.DockerException, OSError) as exc:
             raise DockerUnavailable(f"Docker is unavailable: {exc}") from exc
 

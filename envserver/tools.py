@@ -10,6 +10,8 @@ import asyncio
 import posixpath
 import time
 
+import docker.errors
+
 from envserver.docker_backend import Backend
 from envserver.files import ToolError, apply_edit, resolve, snippet
 from envserver.models import CreateFileRequest, EditRequest, FileToolResponse, ShellRequest, ShellResponse, ToolSchema
@@ -108,6 +110,8 @@ async def edit(backend: Backend, cid: str, workdir: str, req: EditRequest) -> Fi
         data, info = await asyncio.to_thread(backend.read_file, cid, path)
         new_data, snip = apply_edit(data, req.old, req.new, req.path)
         await asyncio.to_thread(backend.write_file, cid, path, new_data, info)
+    except docker.errors.NotFound:  # removed between our look and our read or write
+        return FileToolResponse(ok=False, output=f"{req.path}: no such file")
     except ToolError as exc:
         return FileToolResponse(ok=False, output=str(exc))
     return FileToolResponse(ok=True, output=f"Edited {req.path}:\n{snip}")
@@ -126,6 +130,8 @@ async def create(backend: Backend, cid: str, workdir: str, req: CreateFileReques
             raise ToolError(f"{parent} is not a directory")
         data = req.content.encode()
         await asyncio.to_thread(backend.write_file, cid, path, data)
+    except docker.errors.NotFound:
+        return FileToolResponse(ok=False, output=f"directory of {req.path} does not exist")
     except ToolError as exc:
         return FileToolResponse(ok=False, output=str(exc))
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
