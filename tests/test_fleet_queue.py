@@ -130,22 +130,33 @@ def test_redis_restart_with_append_only_loses_no_queued_job(tmp_path, forager_ho
         wait_for(lambda: _pings(url), "redis to answer", deadline=30)
         return proc
 
-    proc = start()
-    try:
-        c = connect(url)
-        for i in range(20):
-            enqueue(MARK, {"log": str(tmp_path / "log"), "token": f"j{i}"}, f"r-{i}", conn=c, queue_name="persist",
-                    collection="persist")
+    def restart(proc):
         proc.terminate()
         proc.wait(30)
-        proc = start()
+        return start()
+
+    log = tmp_path / "log"
+    proc = start()
+    pool = None
+    try:
         c = connect(url)
-        assert Queue("persist", connection=c).count == 20
-        assert collection_status(c, "persist")["queued"] == 20
-        pool = start_pool(fleet_env(url, forager_home, "persist"), 2, tmp_path / "pool.log", "--burst")
-        pool.wait(180)
-        assert lines(tmp_path / "log") == {f"j{i}": 1 for i in range(20)}
+        for i in range(10):
+            enqueue(MARK, {"log": str(log), "token": f"j{i}"}, f"r-{i}", conn=c, queue_name="persist",
+                    collection="persist")
+        proc = restart(proc)
+        assert Queue("persist", connection=c).count == 10
+        assert collection_status(c, "persist")["queued"] == 10
+        pool = start_pool(fleet_env(url, forager_home, "persist"), 2, tmp_path / "pool.log")
+        wait_for(lambda: queue_counts(c, "persist")["finished"] == 10, "the 10 queued jobs to run")
+        # Redis restarts under running workers: they reconnect and take new work
+        proc = restart(proc)
+        for i in range(10, 15):
+            enqueue(MARK, {"log": str(log), "token": f"j{i}"}, f"r-{i}", conn=c, queue_name="persist")
+        wait_for(lambda: queue_counts(c, "persist")["finished"] == 15, "jobs enqueued after the restart to run")
+        assert lines(log) == {f"j{i}": 1 for i in range(15)}
     finally:
+        if pool is not None:
+            stop_pool(pool)
         proc.terminate()
         proc.wait(30)
 
