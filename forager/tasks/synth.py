@@ -149,9 +149,9 @@ def run_synthesis(
                                      "task_id": task.id if task else None}])
             if on_progress:
                 on_progress(report.tried, budget, f"{len(report.tasks)} tasks")
-        dirty = box.sh("git status --porcelain --untracked-files=no")[1].strip()
-        if dirty:
-            raise SynthesisError(f"{record.repo}: working tree not restored after synthesis: {dirty[:200]}")
+        for path, text in originals.items():  # every mutated file must be back as it was
+            if box.read_bytes(path).decode() != text:
+                raise SynthesisError(f"{record.repo}: {path} was not restored after synthesis")
         report.cpu_seconds = box.cpu_seconds()
     report.seconds = time.monotonic() - started
     return report
