@@ -205,3 +205,19 @@ def test_status_with_redis_down_is_a_clear_error(tmp_path, forager_home):
     out = run_cli(env, "status", "--json")
     assert out.returncode == 1
     assert "cannot reach Redis" in json.loads(out.stdout)["error"]
+
+
+def test_job_timeout_kills_the_job(redis_url, conn, queue_name, tmp_path, forager_home):
+    log = tmp_path / "log"
+    enqueue(MARK, {"log": str(log), "token": "slow", "seconds": 60}, f"slow-{queue_name}", conn=conn,
+            queue_name=queue_name, timeout=2, retries=0)
+    pool = start_pool(fleet_env(redis_url, forager_home, queue_name), 1, tmp_path / "pool.log")
+    try:
+        wait_for(lambda: job_state(conn, f"slow-{queue_name}") == "failed", "the slow job to be killed", deadline=60)
+    finally:
+        stop_pool(pool)
+    from rq.job import Job
+
+    result = Job.fetch(f"slow-{queue_name}", connection=conn).latest_result()
+    assert "JobTimeoutException" in (result.exc_string or "")
+    assert lines(log) == {}
