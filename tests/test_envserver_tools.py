@@ -131,6 +131,9 @@ def test_typed_errors(client, envserver, envtest_image, docker_client):
         client.create_env(envtest_image, ttl=1)  # below the minimum
     import httpx
 
+    bad = httpx.post(envserver.url + "/envs/whatever/shell", json={"command": 5})
+    assert bad.status_code == 422 and bad.json() == {"error": "bad_request", "message": bad.json()["message"]}
+    assert "command" in bad.json()["message"]
     sneaky = httpx.post(envserver.url + "/envs", json={"image": envtest_image, "privileged": True, "binds": ["/:/host"]})
     assert sneaky.status_code == 422 and "binds, privileged" in sneaky.json()["message"]
     doomed = client.create_env(envtest_image, ttl=600)
