@@ -184,7 +184,7 @@ class Manager:
             await session.start()
             env = Env(env_id, image, cid, workdir, session, now, now + (ttl or POOL_LABEL_TTL))
             self._by_container[cid] = env
-            env.base_commit = await grading.head_commit(self.backend, cid, workdir)
+            env.base_commit = await grading.head_commit(session)
             return env
         except BaseException as exc:
             self.owned.discard(env_id)

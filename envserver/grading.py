@@ -35,9 +35,11 @@ def _run(backend: Backend, cid: str, script: str, workdir: str, timeout: float =
     return asyncio.to_thread(backend.run_script, cid, script, timeout, None, workdir)
 
 
-async def head_commit(backend: Backend, cid: str, workdir: str) -> str | None:
-    code, out = await _run(backend, cid, "git rev-parse --verify -q HEAD", workdir, 60)
-    return out.decode().strip() or None if code == 0 else None
+async def head_commit(session) -> str | None:
+    """The image's HEAD, asked through the env's fresh bash session (before any agent step; no extra exec)."""
+    result = await session.run("git rev-parse --verify -q HEAD 2>/dev/null", 60)
+    sha = result.output.decode(errors="replace").strip()
+    return sha if result.exit_code == 0 and len(sha) in (40, 64) else None
 
 
 async def make_base(backend: Backend, cid: str, workdir: str, setup_patch: str) -> str:
