@@ -35,11 +35,11 @@ MAINTENANCE_INTERVAL = int(os.environ.get("FORAGER_MAINTENANCE_INTERVAL", "30"))
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    parent = parent or os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
@@ -139,6 +139,7 @@ class Pool:
 
     def _spawn(self, role: str = "worker") -> subprocess.Popen:
         env = dict(os.environ)
+        env["FORAGER_POOL_PID"] = str(os.getpid())  # the child ties its life to ours (see main())
         if self.metrics_dir:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         cmd = [sys.executable, "-m", "agent.worker", "--queue", self.queue_name, "--url", self.redis_url]
@@ -151,8 +152,8 @@ class Pool:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{role}-{os.getpid()}-{self.spawned}.log", "ab")
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                preexec_fn=die_with_parent)
+        # No preexec_fn: it is unsafe with threads (the progress bar, the metrics server).
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         if out:
             out.close()
         return proc
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", action="store_true", help="run only the retry scheduler (the pool does)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    pool_pid = os.environ.pop("FORAGER_POOL_PID", None)
+    if pool_pid:
+        die_with_parent(int(pool_pid))  # a pool killed with SIGKILL takes its workers with it
     if args.scheduler:
         run_scheduler(args.queue, args.url)
     else:
