@@ -109,7 +109,7 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
 
         if not opts.force:
             previous = catalog.find_ok(settings.catalog_path, spec.name, commit)
-            if previous and layers.image_exists(client, previous.tag):
+            if previous and _same_overrides(previous, spec) and layers.image_exists(client, previous.tag):
                 log(f"cached: {previous.tag} is ok in the catalog; skipping (use force to rebuild)")
                 log.close()
                 return previous, True
@@ -190,6 +190,15 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
         log.close()
+
+
+def _same_overrides(previous: ImageRecord, spec: RepoSpec) -> bool:
+    """An ok record counts for a spec only if the spec's overrides would not change what was built or run."""
+    return (
+        (spec.test_command is None or previous.test_command == spec.test_command)
+        and (spec.install is None or previous.install_commands == spec.install)
+        and (spec.python is None or previous.python == spec.python)
+    )
 
 
 def _ensure(path: Path) -> Path:

@@ -195,3 +195,13 @@ def test_cli_build_and_images_json(tiny_repo_image, tiny_repo_path, images_home)
     assert tiny_repo_image.tag in {r["tag"] for r in json.loads(listed.stdout)}
     missing = subprocess.run([*cli, "build", str(images_home / "nope.txt"), "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "no such list file" in missing.stderr
+
+
+def test_changed_override_is_not_served_from_cache(tiny_repo_image, tiny_repo_path, forager_home):
+    settings = Settings.from_env()
+    first = build_repo(parse_entry(str(tiny_repo_path)), settings)
+    assert first.status == "ok" and first.tag == tiny_repo_image.tag  # same inputs: the image is reused
+    narrowed = build_repo(parse_entry(str(tiny_repo_path), test_command="python -m pytest tests -k fizzbuzz"), settings)
+    assert narrowed.status == "ok" and narrowed.tag == tiny_repo_image.tag
+    assert narrowed.test_command == "python -m pytest tests -k fizzbuzz"
+    assert sorted(narrowed.test_outcomes) == ["tests/test_core.py::test_fizzbuzz_fifteen", "tests/test_core.py::test_fizzbuzz_prefix"]
