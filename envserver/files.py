@@ -49,7 +49,7 @@ def apply_edit(data: bytes, old: str, new: str, path: str) -> tuple[bytes, str]:
     at = matches[0]
     result = data[:at] + new_b + data[at + len(old_b) :]
     first = _line_of(result, at)
-    last = first + new_b.count(b"\n")
+    last = _line_of(result, at + len(new_b) - 1) if new_b else first  # the line holding the last new byte
     return result, snippet(result, first, last)
 
 
