@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         ),
         server_id: str | None = typer.Option(None, help="labels our containers; keep it stable across restarts"),
         allow: list[str] = typer.Option([], "--allow", help="allowed image tag or glob (repeatable), e.g. 'forager/*'"),
-        catalog: Path | None = typer.Option(None, help="catalog whose 'ok' images are allowed [default: $FORAGER_HOME/catalog.jsonl]"),
+        catalog: Path | None = typer.Option(None, help="catalog whose 'ok' images are allowed (default: $FORAGER_HOME/catalog.jsonl)"),
         pool_size: int = typer.Option(0, help="warm containers per image, for every image once it is requested"),
         pool: list[str] = typer.Option([], "--pool", help="IMAGE=N warm containers started now (repeatable)"),
         reaper_interval: float = typer.Option(30.0, help="seconds between reaper passes"),
