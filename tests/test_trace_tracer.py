@@ -177,7 +177,7 @@ def test_caps_mark_the_trace_truncated(known, limit, reason):
     result, _, (trace,) = trace_one(root, mod.known, 3, **limit)
     assert result == (6, 3, [2, 1], None)  # the program ran to the end regardless
     assert trace["truncated"] and trace["truncated_reason"] == reason
-    assert 0 < len(trace["frames"]) < len(EXPECTED) and trace["events"] == len(EXPECTED)
+    assert 0 < len(trace["frames"]) < len(EXPECTED) and trace["events"] > len(trace["frames"])
     assert compact(trace["frames"]) == EXPECTED[: len(trace["frames"])]  # a prefix, never a patchwork
     if reason == "events":
         assert len(trace["frames"]) == 7

@@ -40,7 +40,7 @@ class Trace(BaseModel):
     call: str | None = Field(default=None, description="the traced call expression (call/snippet targets)")
     call_index: int = Field(default=0, description="which call of this function (first N are traced)")
     frames: list[TraceFrame]
-    events: int = Field(default=0, description="frames seen, including those past a cap")
+    events: int = Field(default=0, description="frames seen; once truncated, a lower bound (line events stop)")
     truncated: bool = False
     truncated_reason: Literal["events", "bytes", "stopped", "tracer_error"] | None = None
     exception: str | None = Field(default=None, description="repr of the exception the entry call raised")

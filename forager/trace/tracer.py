@@ -301,7 +301,12 @@ class Tracer:
     # ---------------------------------------------------------------- recording
 
     def _emit(self, frame, event, arg, depth: int) -> None:
-        if not self._active:
+        if not any(rec.truncated is None for rec in self._active):
+            # Every open trace is full: rendering would be wasted (the bulk of the cost in a long
+            # loop), and no later trace can include this frame, so its line events can stop too.
+            for rec in self._active:
+                rec.events += 1
+            frame.f_trace_lines = False
             return
         lineno = frame.f_lineno
         if event == "call":
