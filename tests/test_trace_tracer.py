@@ -313,3 +313,36 @@ def test_pytest_plugin_traces_functions_the_tests_call(tmp_path):
         counts[trace["function"]] = counts.get(trace["function"], 0) + 1
         assert trace["test"] == "tests/test_ops.py::test_double"
     assert counts == {"pkg.ops:double": 2, "pkg.ops:helper": 2}  # the test function itself is not a target
+
+
+SIDE_EFFECT = '''\
+class Lazy:
+    calls = 0
+
+    def __repr__(self):
+        Lazy.calls += 1
+        return "Lazy()"
+
+
+def use(n):
+    lazy = Lazy()
+    pair = (lazy, [n, {"k": lazy}], frozenset(), set(), (n,))
+    return Lazy.calls + n
+'''
+
+
+def test_safe_repr_never_runs_repository_repr_code(tmp_path):
+    (tmp_path / "lazy.py").write_text(SIDE_EFFECT)
+    spec = importlib.util.spec_from_file_location("lazy", tmp_path / "lazy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result, _, _ = trace_one(tmp_path, mod.use, 1)
+    assert result > 1  # full repr (CWM's default) runs the __repr__, and the program sees it
+    mod.Lazy.calls = 0
+    tracer = T.Tracer([str(tmp_path)], safe_repr=True)
+    result, _, (trace,) = tracer.trace_call(mod.use, (1,))
+    tracer.close()
+    assert result == 1 and mod.Lazy.calls == 0
+    last = [f for f in trace["frames"] if f["event"] == "line"][-1]["locals"]
+    assert last["lazy"] == "..", last
+    assert last["pair"] == "(<lazy.Lazy object>, [1, {'k': <lazy.Lazy object>}], frozenset(), set(), (1,))"

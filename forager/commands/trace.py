@@ -39,7 +39,7 @@ def _records(settings: Settings, images: list[str], all_images: bool, json_out: 
     return [catalog[i] for i in images]
 
 
-def _trace_call(settings, images, call, snippet, out, follow, limits, timeout, json_out) -> None:
+def _trace_call(settings, images, call, snippet, out, follow, safe_repr, limits, timeout, json_out) -> None:
     import docker
 
     from forager.trace.collect import trace_call_in_image
@@ -65,7 +65,8 @@ def _trace_call(settings, images, call, snippet, out, follow, limits, timeout, j
             trace = trace_call_in_image(
                 docker.from_env(timeout=600), image, call, snippet=code,
                 workdir=record.workdir if record else "/repo", repo=record.repo if record else None,
-                commit=record.commit if record else None, timeout=timeout, follow_libraries=follow, **limits,
+                commit=record.commit if record else None, timeout=timeout, follow_libraries=follow,
+                safe_repr=safe_repr, **limits,
             )
         except (RuntimeError, TimeoutError, docker.errors.DockerException) as exc:
             _fail(str(exc), json_out)
@@ -165,24 +166,27 @@ def register(app: typer.Typer) -> None:
         timeout: Optional[float] = typer.Option(None, "--timeout", min=1,
                                                 help="seconds per run (default: 30x the suite's time, >= 600)"),
         follow_libraries: bool = typer.Option(False, "--follow-libraries", help="also trace stdlib/site-packages"),
+        full_repr: bool = typer.Option(False, "--full-repr", help="also run the repository's own __repr__ code "
+                                       "(richer values, as CWM; a __repr__ with side effects can change the run)"),
         force: bool = typer.Option(False, "--force", help="re-trace images whose traces exist"),
         json_out: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
     ) -> None:
         """Record Python execution traces (CWM format) inside repository images."""
         settings = Settings.from_env()
         images = images or []
+        safe_repr = not full_repr
         if snippet is not None and call is None:
             _fail("--snippet needs --call 'func(args)'", json_out)
         if call is not None:
             if queue or all_images:
                 _fail("--call traces one call here; it does not combine with --queue or --all", json_out)
-            _trace_call(settings, images, call, snippet, out, follow_libraries,
+            _trace_call(settings, images, call, snippet, out, follow_libraries, safe_repr,
                         {"max_events": max_events, "max_bytes": max_bytes}, timeout or 300, json_out)
             return
         records = _records(settings, images, all_images, json_out)
         out_dir = out or settings.traces_dir
         options = {"max_calls": max_calls, "max_events": max_events, "max_bytes": max_bytes, "timeout": timeout,
-                   "follow_libraries": follow_libraries}
+                   "follow_libraries": follow_libraries, "safe_repr": safe_repr}
         if queue:
             result = _trace_queue(settings, records, out_dir, force, options, wait, json_out)
             if json_out:

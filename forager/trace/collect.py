@@ -150,6 +150,7 @@ def collect_test_traces(
     max_bytes: int | None = None,
     timeout: float | None = None,
     follow_libraries: bool = False,
+    safe_repr: bool = True,
 ) -> TraceRunSummary:
     """Run the image's test suite with the tracer plugin; write the traces to `out` (atomically)."""
     if record.status != "ok" or not record.tag:
@@ -158,7 +159,8 @@ def collect_test_traces(
     started = time.monotonic()
     timeout = timeout or max(600.0, 30 * (record.test_seconds or 20))
     env = _env_args({"out": OUT_DIR, "root": record.workdir, "max_calls": max_calls, "max_events": max_events,
-                     "max_bytes": max_bytes, "follow_libraries": "1" if follow_libraries else None})
+                     "max_bytes": max_bytes, "follow_libraries": "1" if follow_libraries else None,
+                     "safe_repr": "1" if safe_repr else None})
     command = f"{record.test_command or DEFAULT_TEST_COMMAND} -p forager_tracer -p no:cacheprovider"
     with _Box(client, record.tag, record.workdir) as box:
         _prepare(box)
@@ -193,6 +195,7 @@ def trace_call_in_image(
     commit: str | None = None,
     timeout: float = 300,
     follow_libraries: bool = False,
+    safe_repr: bool = True,
     **limits,
 ) -> Trace:
     """Trace one call, 'pkg.mod:func(args)' (or 'func(args)' defined by a snippet's source text)."""
@@ -201,6 +204,8 @@ def trace_call_in_image(
         args += ["--snippet", f"{SNIPPET_DIR}/snippet.py"]
     if follow_libraries:
         args.append("--follow-libraries")
+    if safe_repr:
+        args.append("--safe-repr")
     for key, value in limits.items():
         if value is not None:
             args += [f"--{key.replace('_', '-')}", str(value)]

@@ -17,6 +17,7 @@ def trace_image_job(
     max_bytes: int | None = None,
     timeout: float | None = None,
     follow_libraries: bool = False,
+    safe_repr: bool = True,
     force: bool = False,
 ) -> dict:
     """Plain JSON in and out, so `rq` can run it. Existing traces are kept (resumable) unless `force`."""
@@ -34,5 +35,6 @@ def trace_image_job(
     summary = collect_test_traces(
         docker.from_env(timeout=600), record, out, max_calls=max_calls, max_events=max_events,
         max_bytes=max_bytes, timeout=timeout, follow_libraries=follow_libraries,
+        safe_repr=safe_repr,
     )
     return summary.model_dump()

@@ -113,10 +113,17 @@ class _Watchdog:
 
 class Reprs:
     """repr() made safe for tracing: cut when long, a marker when it raises or hangs, addresses
-    masked so the same program gives the same trace."""
+    masked so the same program gives the same trace.
 
-    def __init__(self, max_repr: int, timeout: float):
+    With `untrusted(code) -> bool` (safe mode), a __repr__ written in the traced repository is never
+    run: a __repr__ can have side effects (a lazy value computed, a counter bumped), and the traced
+    program must behave as it does untraced. Such objects show as `<module.Class object>`, and
+    builtin containers are rendered here so their elements get the same treatment.
+    """
+
+    def __init__(self, max_repr: int, timeout: float, untrusted=None):
         self.max_repr = max_repr
+        self.untrusted = untrusted
         self.slow_types: set = set()
         self.big = reprlib.Repr()
         for attr in ("maxlist", "maxtuple", "maxdict", "maxset", "maxfrozenset", "maxdeque", "maxarray"):
@@ -137,6 +144,8 @@ class Reprs:
                     text = repr(value)
             elif kind in self.slow_types:
                 return REPR_TIMEOUT
+            elif self.untrusted is not None:
+                text = self._watched(self._safe, value)
             elif kind in _CONTAINERS and len(value) > self.max_repr:
                 text = self._watched(self.big.repr, value)  # a million-element list: abbreviate, never build it all
             else:
@@ -153,6 +162,34 @@ class Reprs:
         if " at 0x" in text:
             text = _ADDRESS.sub(" at 0x..", text)
         return text
+
+    def _safe(self, value, level: int = 0) -> str:
+        kind = type(value)
+        if kind in _PLAIN:
+            return repr(value[: self.max_repr] if kind in (str, bytes) else value)
+        if kind in _CONTAINERS and level < 6:
+            limit = self.max_repr // 4 or 1
+            if kind is dict:
+                parts = [f"{self._safe(k, level + 1)}: {self._safe(v, level + 1)}" for k, v in _first(value.items(), limit)]
+            else:
+                parts = [self._safe(item, level + 1) for item in _first(value, limit)]
+            if len(value) > limit:
+                parts.append("...")
+            body = ", ".join(parts)
+            if kind is list:
+                return f"[{body}]"
+            if kind is tuple:
+                return f"({body},)" if len(parts) == 1 and len(value) == 1 else f"({body})"
+            if kind is dict:
+                return f"{{{body}}}"
+            if not parts:
+                return f"{kind.__name__}()"
+            return f"{{{body}}}" if kind is set else f"frozenset({{{body}}})"
+        method = getattr(kind, "__repr__", None)
+        code = getattr(method, "__code__", None)
+        if code is not None and self.untrusted(code):
+            return f"<{kind.__module__}.{kind.__qualname__} object>"
+        return repr(value)
 
     def _watched(self, fn, value) -> str:
         dog = self.watchdog
@@ -198,7 +235,7 @@ class Tracer:
     called inside a traced function gets its own trace too, sharing the rendered frames.
     """
 
-    def __init__(self, roots, *, follow_libraries: bool = False, on_trace=None, **limits):
+    def __init__(self, roots, *, follow_libraries: bool = False, safe_repr: bool = False, on_trace=None, **limits):
         unknown = set(limits) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown tracer limits: {sorted(unknown)}")
@@ -206,13 +243,15 @@ class Tracer:
         self.roots = [os.path.realpath(r).rstrip(os.sep) + os.sep for r in roots]
         self.follow_libraries = follow_libraries
         self.on_trace = on_trace or (lambda trace: None)
-        self.reprs = Reprs(self.limits["max_repr"], self.limits["repr_timeout"])
+        self._kinds: dict = {}
+        self._libs = self._library_dirs()
+        self._repo_code: dict = {}
+        untrusted = self._in_repository if safe_repr else None
+        self.reprs = Reprs(self.limits["max_repr"], self.limits["repr_timeout"], untrusted)
         self.targets = None  # code objects that may open a trace; None = any repository function
         self.context: dict = {}  # merged into every trace (e.g. the test node id)
         self.calls: dict = {}  # code -> traces opened
         self.errors: list = []
-        self._kinds: dict = {}
-        self._libs = self._library_dirs()
         self._scopes: dict = {}  # frame -> [depth, {name: last repr}]
         self._active: list = []
         self._previous = None
@@ -265,9 +304,7 @@ class Tracer:
     def _on_call(self, frame, event, arg):
         try:
             code = frame.f_code
-            kind = self._kinds.get(code)
-            if kind is None:
-                kind = self._kinds[code] = self._classify(code)
+            kind = self._kind_of(code)
             if kind == _SKIP:
                 return None
             if self._wants(code, kind):
@@ -390,6 +427,12 @@ class Tracer:
             return code in self.targets
         return kind == _ENTRY and self.calls.get(code, 0) < self.limits["max_calls"]
 
+    def _kind_of(self, code) -> int:
+        kind = self._kinds.get(code)
+        if kind is None:
+            kind = self._kinds[code] = self._classify(code)
+        return kind
+
     def _classify(self, code) -> int:
         """_ENTRY: a repository function that may open a trace; _FOLLOW: traced only inside one
         (tests, lambdas, comprehensions); _SKIP: module/class bodies, libraries, the tracer."""
@@ -398,14 +441,22 @@ class Tracer:
         path = os.path.realpath(code.co_filename) if not code.co_filename.startswith("<") else code.co_filename
         if path == os.path.realpath(__file__):
             return _SKIP
-        inside = any(path.startswith(root) for root in self.roots) and not any(
-            path.startswith(lib) for lib in self._libs
-        )
-        if not inside:
+        if not self._in_repository(code):
             return _FOLLOW if self.follow_libraries and not path.startswith("<") else _SKIP
         if code.co_name.startswith("<") or _TEST_FILE.search(self._relative(path)):
             return _FOLLOW
         return _ENTRY
+
+    def _in_repository(self, code) -> bool:
+        inside = self._repo_code.get(code.co_filename)
+        if inside is None:
+            # "<frozen os>", "<string>": not files; realpath would place them under the cwd
+            path = os.path.realpath(code.co_filename)
+            inside = not code.co_filename.startswith("<") and any(path.startswith(root) for root in self.roots) and not any(
+                path.startswith(lib) for lib in self._libs
+            )
+            self._repo_code[code.co_filename] = inside
+        return inside
 
     def _relative(self, path: str) -> str:
         real = os.path.realpath(path)
@@ -435,6 +486,15 @@ class Tracer:
 
 
 # ---------------------------------------------------------------- source helpers
+
+def _first(iterable, n: int) -> list:
+    out = []
+    for item in iterable:
+        if len(out) >= n:
+            break
+        out.append(item)
+    return out
+
 
 _DEF_LINES: dict = {}
 
@@ -558,7 +618,8 @@ if _pytest is not None:
         sink = _JsonlSink(os.path.join(out_dir, f"traces-{os.getpid()}.jsonl"))
         roots = os.environ.get("FORAGER_TRACE_ROOT", str(config.rootpath)).split(os.pathsep)
         follow = os.environ.get("FORAGER_TRACE_FOLLOW_LIBRARIES") == "1"
-        _plugin_state["tracer"] = Tracer(roots, follow_libraries=follow, on_trace=sink, **_env_limits())
+        safe = os.environ.get("FORAGER_TRACE_SAFE_REPR") == "1"
+        _plugin_state["tracer"] = Tracer(roots, follow_libraries=follow, safe_repr=safe, on_trace=sink, **_env_limits())
         _plugin_state["sink"] = sink
 
     @_pytest.hookimpl(hookwrapper=True)
@@ -598,6 +659,7 @@ def main(argv=None) -> int:
     call.add_argument("--root", action="append", help="directories whose code is traced (default: cwd)")
     call.add_argument("--out", help="append the trace as one JSON line here (default: stdout)")
     call.add_argument("--follow-libraries", action="store_true", help="also trace stdlib and site-packages")
+    call.add_argument("--safe-repr", action="store_true", help="never run the repository's own __repr__ code")
     for key, default in DEFAULTS.items():
         if key != "max_calls":
             call.add_argument(f"--{key.replace('_', '-')}", type=type(default), default=default)
@@ -610,7 +672,7 @@ def main(argv=None) -> int:
         roots.append(os.path.dirname(os.path.abspath(ns.snippet)))
         namespace = load_snippet(ns.snippet)
     limits = {k: getattr(ns, k) for k in DEFAULTS if k != "max_calls"}
-    tracer = Tracer(roots, follow_libraries=ns.follow_libraries, **limits)
+    tracer = Tracer(roots, follow_libraries=ns.follow_libraries, safe_repr=ns.safe_repr, **limits)
     try:
         func, args, kwargs = parse_call(ns.expr, namespace)
     except (ValueError, ImportError, AttributeError, NameError) as exc:
