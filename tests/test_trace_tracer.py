@@ -346,3 +346,13 @@ def test_safe_repr_never_runs_repository_repr_code(tmp_path):
     last = [f for f in trace["frames"] if f["event"] == "line"][-1]["locals"]
     assert last["lazy"] == "..", last
     assert last["pair"] == "(<lazy.Lazy object>, [1, {'k': <lazy.Lazy object>}], frozenset(), set(), (1,))"
+
+
+def test_safe_repr_renders_cycles_like_repr():
+    reprs = T.Reprs(1000, 0, untrusted=lambda code: True)
+    loop: list = [1]
+    loop.append(loop)
+    nested = {"a": [loop, (2,)], "b": set(), "c": frozenset({3})}
+    assert reprs(loop) == repr(loop) == "[1, [...]]"
+    assert reprs(nested) == repr(nested)
+    reprs.close()

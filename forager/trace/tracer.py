@@ -163,23 +163,26 @@ class Reprs:
             text = _ADDRESS.sub(" at 0x..", text)
         return text
 
-    def _safe(self, value, level: int = 0) -> str:
+    def _safe(self, value, seen: tuple = ()) -> str:
         kind = type(value)
         if kind in _PLAIN:
             return repr(value[: self.max_repr] if kind in (str, bytes) else value)
-        if kind in _CONTAINERS and level < 6:
+        if kind in _CONTAINERS:
+            if id(value) in seen or len(seen) >= 6:  # a cycle (as repr shows it), or too deep to matter
+                return "[...]" if kind is list else "{...}" if kind is dict else "(...)"
+            seen = (*seen, id(value))
             limit = self.max_repr // 4 or 1
             if kind is dict:
-                parts = [f"{self._safe(k, level + 1)}: {self._safe(v, level + 1)}" for k, v in _first(value.items(), limit)]
+                parts = [f"{self._safe(k, seen)}: {self._safe(v, seen)}" for k, v in _first(value.items(), limit)]
             else:
-                parts = [self._safe(item, level + 1) for item in _first(value, limit)]
+                parts = [self._safe(item, seen) for item in _first(value, limit)]
             if len(value) > limit:
                 parts.append("...")
             body = ", ".join(parts)
             if kind is list:
                 return f"[{body}]"
             if kind is tuple:
-                return f"({body},)" if len(parts) == 1 and len(value) == 1 else f"({body})"
+                return f"({body},)" if len(value) == 1 else f"({body})"
             if kind is dict:
                 return f"{{{body}}}"
             if not parts:
