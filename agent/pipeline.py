@@ -25,8 +25,8 @@ DEFAULT_LIST = Path(__file__).resolve().parent.parent / "examples" / "repos.txt"
 class RunOptions:
     repos: Path = DEFAULT_LIST
     max_repos: int | None = 10
-    tasks_per_repo: int = 5
-    max_candidates: int = 40
+    tasks_per_repo: int = 3
+    max_candidates: int = 30
     attempts: int = 1
     workers: int = 2
     jobs: int = 2  # concurrent image builds

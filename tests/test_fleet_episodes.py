@@ -22,7 +22,7 @@ from forager.config import Settings
 from forager.tasks.store import append_tasks
 from forager.trajectories import TrajectoryStore
 from tests.fixtures_envserver import containers_of, start_envserver, stop_envserver
-from tests.test_fleet_support import busy_workers, fleet_env, run_cli, start_pool, stop_pool, wait_for
+from tests.test_fleet_support import busy_workers, fleet_env, private_db, run_cli, start_pool, stop_pool, wait_for
 
 ORACLE_FAST = ["--policy", "oracle", "--policy-param", "run_tests=false"]
 
@@ -30,7 +30,8 @@ ORACLE_FAST = ["--policy", "oracle", "--policy-param", "run_tests=false"]
 @pytest.fixture
 def fleet(redis_url, forager_home, tmp_path):
     queue = f"ep-{uuid.uuid4().hex[:8]}"
-    return {"queue": queue, "home": forager_home, "conn": connect(redis_url), "redis_url": redis_url}
+    url = private_db(redis_url)
+    return {"queue": queue, "home": forager_home, "conn": connect(url), "redis_url": url}
 
 
 def write_tasks(tasks, path: Path) -> Path:
@@ -108,7 +109,10 @@ def test_env_server_down_mid_run_jobs_retry_and_complete(synthesized, docker_cli
     env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=server.url,
                     FORAGER_RETRY_INTERVALS="2,3,3,3,3,3,3,3")
     out = run_cli(env, "collect", str(write_tasks(tasks, tmp_path / "tasks.jsonl")), *ORACLE_FAST, "--json")
-    collection = json.loads(out.stdout)["collection"]
+    assert out.returncode == 0, out.stderr
+    out = json.loads(out.stdout)
+    assert out["outcome"] == {"enqueued": 6}
+    collection = out["collection"]
     conn = fleet["conn"]
     pool = start_pool(env, 2, tmp_path / "pool.log")
     try:

@@ -30,6 +30,19 @@ def failing_job(message: str = "boom") -> None:
     raise RuntimeError(message)
 
 
+_next_db = iter(range(1, 16))
+
+
+def private_db(redis_url: str) -> str:
+    """The session Redis, another database (emptied): job ids derive from (task, attempt, policy,
+    model), so two tests running the same tasks on one database would see each other's jobs as done."""
+    import redis
+
+    url = f"{redis_url.rsplit('/', 1)[0]}/{next(_next_db)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def fleet_env(redis_url: str, home: Path, queue: str, **extra: str) -> dict[str, str]:
     """Environment for CLI/worker subprocesses: private Redis/queue/home, fast crash recovery."""
     env = dict(os.environ)

@@ -16,7 +16,7 @@ import httpx
 from forager.config import Settings
 from forager.trajectories import TrajectoryStore
 from tests.conftest import free_port
-from tests.test_fleet_support import fleet_env, run_cli
+from tests.test_fleet_support import fleet_env, private_db, run_cli
 
 
 def test_run_end_to_end_then_resume(tiny_repo_image, tiny_repo_path, images_home, redis_url, forager_home, tmp_path):
@@ -24,7 +24,8 @@ def test_run_end_to_end_then_resume(tiny_repo_image, tiny_repo_path, images_home
     repos = tmp_path / "repos.txt"
     repos.write_text(f"# the tiny test repository\n{tiny_repo_path}\n")
     envserver_url = f"http://127.0.0.1:{free_port()}"
-    env = fleet_env(redis_url, forager_home, f"run-{uuid.uuid4().hex[:8]}", FORAGER_ENVSERVER_URL=envserver_url)
+    env = fleet_env(private_db(redis_url), forager_home, f"run-{uuid.uuid4().hex[:8]}",
+                    FORAGER_ENVSERVER_URL=envserver_url)
     for var in ("FORAGER_MODEL_BASE_URL", "OPENAI_BASE_URL", "FORAGER_MODEL"):
         env.pop(var, None)  # no model endpoint: the oracle policy
     args = ["run", str(repos), "--tasks-per-repo", "2", "--max-candidates", "12", "--workers", "2", "--json"]

@@ -215,8 +215,8 @@ def register(app: typer.Typer) -> None:
     def run_cmd(
         repos: Path = typer.Argument(None, help="repository list [default: the bundled examples/repos.txt]"),
         max_repos: int = typer.Option(10, "--max-repos", min=1, help="only the first N entries of the list"),
-        tasks_per_repo: int = typer.Option(5, "--tasks-per-repo", min=1, help="mutate-fix tasks per repository"),
-        max_candidates: int = typer.Option(40, "--max-candidates", min=1, help="mutations tried per repository"),
+        tasks_per_repo: int = typer.Option(3, "--tasks-per-repo", min=1, help="mutate-fix tasks per repository"),
+        max_candidates: int = typer.Option(30, "--max-candidates", min=1, help="mutations tried per repository"),
         attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
         workers: int = typer.Option(2, "--workers", "-w", min=0,
                                     help="worker processes to start if none listen on the queue (0: use existing)"),
