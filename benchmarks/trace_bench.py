@@ -163,7 +163,7 @@ def image_slowdown(tag: str, repeat: int) -> dict:
     client = docker.from_env(timeout=600)
     labels = client.images.get(tag).labels
     command = "python -m pytest -q -p no:cacheprovider"
-    env = _env_args({"out": OUT_DIR, "root": "/repo"})
+    env = _env_args({"out": OUT_DIR, "root": "/repo", "safe_repr": "1"})  # as collection runs it
     with _Box(client, tag, "/repo") as box:
         _prepare(box)
 
