@@ -56,6 +56,12 @@ def _create_body(image: str, **fields: Any) -> dict:
     return request.model_dump(mode="json", exclude_defaults=True) | {"image": image}
 
 
+__all__ = [
+    "EnvClient", "AsyncEnvClient", "EnvServerError", "UnknownEnv", "EnvGone", "DockerUnavailable", "BadRequest",
+    "ImageNotAllowed", "Unauthorized", "ServerUnreachable",
+]
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return

@@ -18,7 +18,6 @@ extra servers (other flags, kill -9 and restart).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -151,6 +150,3 @@ def envtest_image(docker_client, base_image, tmp_path_factory) -> str:
     _image, logs = docker_client.images.build(path=str(ctx), tag=ENVTEST_IMAGE, network_mode="host", rm=True)
     return ENVTEST_IMAGE
 
-
-def parse_json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
