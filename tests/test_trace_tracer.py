@@ -68,6 +68,16 @@ def boom(x):
 def uses_json(d):
     import json
     return json.dumps(d)
+
+
+def deco(fn):
+    return fn
+
+
+@deco
+def decorated(x):
+    key = lambda v: -v
+    return sorted([x, 1], key=key)
 '''
 
 FAILED = "<repr failed: RuntimeError>"
@@ -200,6 +210,15 @@ def test_a_raising_entry_keeps_its_behaviour_and_records_the_exception(known):
     assert type(error) is ValueError and error.args == plain.value.args
     assert compact(trace["frames"])[-2:] == [("exception", RAISE, 0, "ValueError(2)"), ("return", RAISE, 0, "None")]
     assert trace["exception"] == "ValueError(2)"
+
+
+def test_call_frames_show_the_def_line_and_lambdas_their_own_line(known):
+    root, mod = known
+    result, _, (trace,) = trace_one(root, mod.decorated, 2)
+    assert result == [2, 1]
+    calls = [(f["source"], f["depth"]) for f in trace["frames"] if f["event"] == "call"]
+    assert calls == [("def decorated(x):\n", 0)] + [("    key = lambda v: -v\n", 1)] * 2
+    assert trace["source"].startswith("@deco\ndef decorated(x):") and trace["entry_line"] == 2
 
 
 def test_previous_settrace_is_restored(known):

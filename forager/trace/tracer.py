@@ -316,6 +316,7 @@ class Tracer:
                 return None
             depth = self._depth_of(frame)
             self._scopes[frame] = [depth, {}]
+            frame.f_trace_lines = True  # a resumed generator may have had line events turned off
             self._emit(frame, "call", None, depth)
             return self._on_event
         except Exception as exc:  # noqa: BLE001 - a tracer bug must never reach the traced program
@@ -507,7 +508,7 @@ def _def_line(code) -> int:
     line = _DEF_LINES.get(code)
     if line is None:
         line = code.co_firstlineno
-        for offset in range(50):
+        for offset in range(0 if code.co_name.startswith("<") else 50):  # lambdas have no def
             text = linecache.getline(code.co_filename, code.co_firstlineno + offset)
             if not text:
                 break
