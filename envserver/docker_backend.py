@@ -96,10 +96,14 @@ class Backend:
             pids_limit=limits.pids,
             security_opt=["no-new-privileges"],
         )
-        cid = self.api.create_container(
-            image, entrypoint=ENV_COMMAND, command=[], name=name, labels=labels, host_config=host_config,
-            network_disabled=network_mode == "none",
-        )["Id"]
+        try:
+            cid = self.api.create_container(
+                image, entrypoint=ENV_COMMAND, command=[], name=name, labels=labels, host_config=host_config,
+                network_disabled=network_mode == "none",
+            )["Id"]
+        except docker.errors.ImageNotFound:  # removed from the host since we looked
+            self._image_cache.pop(image, None)
+            raise BadRequest(f"image {image!r} is not present on this Docker host (nothing is pulled)") from None
         try:
             self.api.start(cid)
         except Exception:
