@@ -118,12 +118,6 @@ def run(opts: RunOptions, settings: Settings, bar, log=print, stop_event=None) -
 
     t0 = time.monotonic()
     with LocalServices(settings, opts.workers, log=log) as services:
-        report.started_services = list(services.started)
-        report.seconds["services"] = round(time.monotonic() - t0, 1)
-        if not workers_on(settings.redis_url, settings.queue):
-            raise RuntimeError(f"no worker listens on queue {settings.queue}: start some (`forager worker`) or "
-                               "pass --workers N")
-        t0 = time.monotonic()
         conn = connect(settings.redis_url)
         report.collection = f"run-{collection_name(report.policy, report.model)}"
         spec = EpisodeSpec(policy=report.policy, model=report.model, max_turns=opts.max_turns,
@@ -134,9 +128,15 @@ def run(opts: RunOptions, settings: Settings, bar, log=print, stop_event=None) -
         for state in outcome.values():
             report.jobs[state] = report.jobs.get(state, 0) + 1
         job_ids = set(outcome)
+        if any(state not in ("finished", "exists") for state in outcome.values()):
+            services.ensure_workers()
+            if not workers_on(settings.redis_url, settings.queue):
+                raise RuntimeError(f"no worker listens on queue {settings.queue}: start some (`forager worker`) "
+                                   "or pass --workers N")
+        report.started_services = list(services.started)
         report.status = watch_jobs(conn, report.collection, job_ids, bar,
                                    stop_when=lambda: not services.pool_alive() or (stop_event and stop_event.is_set()))
-        report.seconds["collect"] = round(time.monotonic() - t0, 1)
+        report.seconds["collect"] = round(time.monotonic() - t0, 1)  # services started on the way included
     return report
 
 

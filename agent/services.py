@@ -128,13 +128,20 @@ class LocalServices:
 
     def __enter__(self) -> "LocalServices":
         try:
-            self._redis()
+            self._redis()  # the rest on demand: ensure_workers()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def ensure_workers(self) -> None:
+        """An env server and workers, started only when there is work for them."""
+        try:
             self._envserver()
             self._workers()
         except BaseException:
             self._stack.close()
             raise
-        return self
 
     def __exit__(self, *exc) -> None:
         self._stack.close()

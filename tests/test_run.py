@@ -55,6 +55,7 @@ def test_run_end_to_end_then_resume(tiny_repo_image, tiny_repo_path, images_home
     assert second.returncode == 0, second.stderr[-3000:]
     s2 = json.loads(second.stdout)
     assert s2["jobs"] == {"finished": 2}  # nothing redone
+    assert s2["started_services"] == []  # nothing to run: no env server, no workers
     assert s2["tasks"] == 2 and s2["trajectories"] == 2
     assert {t.id for t in store.iter()} == ids and store.count() == 2
 
