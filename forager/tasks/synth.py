@@ -206,8 +206,7 @@ def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidat
             if name not in known:
                 continue
             tests = sorted(t for t in covering[f"{path}::{name}"] if t in passing) or sorted(covering[f"{path}::{name}"])
-            cands = mutate_function(path, source, name)
-            rng.shuffle(cands)
+            cands = _interleave_operators(mutate_function(path, source, name), rng)
             if cands:
                 per_function.append([(c, tests) for c in cands])
     rng.shuffle(per_function)
@@ -218,6 +217,24 @@ def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidat
             if not group:
                 per_function.remove(group)
     return ordered
+
+
+def _interleave_operators(cands: list[Candidate], rng: random.Random) -> list[Candidate]:
+    """One of each operator in turn (shuffled), so operators with many sites (e.g. remove_arg) don't crowd out the rest."""
+    groups: dict[str, list[Candidate]] = {}
+    for c in cands:
+        groups.setdefault(c.operator, []).append(c)
+    order = list(groups.values())
+    for g in order:
+        rng.shuffle(g)
+    rng.shuffle(order)
+    out: list[Candidate] = []
+    while order:
+        for g in list(order):
+            out.append(g.pop(0))
+            if not g:
+                order.remove(g)
+    return out
 
 
 def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests, mode=None):
