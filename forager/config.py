@@ -30,6 +30,7 @@ class Settings(BaseModel):
     model_base_url: str | None = None
     model_name: str | None = None
     model_api_key: str | None = None
+    model_protocol: str = "tools"  # openai policy: "tools" (native function calling) or "text" (CWM's tags)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -42,6 +43,7 @@ class Settings(BaseModel):
             model_base_url=os.environ.get("FORAGER_MODEL_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or None,
             model_name=os.environ.get("FORAGER_MODEL") or None,
             model_api_key=os.environ.get("FORAGER_MODEL_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
+            model_protocol=_env("FORAGER_MODEL_PROTOCOL", "tools"),
         )
 
     # Layout of the data directory: one place to change it.

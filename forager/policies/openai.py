@@ -12,7 +12,6 @@ to reproduce exactly what the model saw.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from typing import Any
@@ -142,7 +141,7 @@ class OpenAIPolicy:
         from forager.config import Settings
 
         settings = settings or Settings.from_env()
-        params.setdefault("protocol", getattr(settings, "model_protocol", None) or os.environ.get("FORAGER_MODEL_PROTOCOL") or "tools")
+        params.setdefault("protocol", settings.model_protocol)
         return cls(settings.model_base_url, model or settings.model_name or "", settings.model_api_key, **params)
 
     # -- conversation
