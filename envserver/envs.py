@@ -2,8 +2,9 @@
 
 Every container this server starts carries `forager.server=<server id>`, `forager.env=<env id>` and
 `forager.expires=<unix time>`. On start the server removes what an earlier run with the same id
-left behind; a reaper removes expired envs, containers of ours that no env owns, and containers
-of other servers whose own expiry label has passed. A clean shutdown removes everything it owns.
+left behind; a reaper removes expired envs, containers of ours that no env owns, and any other
+container whose own `forager.expires` label has passed (a dead server's envs, a tool's sandbox).
+A clean shutdown removes everything it owns.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Manager:
     async def start(self) -> None:
         await asyncio.to_thread(self.backend.ping)
         # Whatever an earlier run with our id left (kill -9, power loss): nothing of it is ours any more.
-        self.startup_removed = await self._remove_labelled(self._ours)
+        self.startup_removed = await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)
         loop = asyncio.get_running_loop()
         self._stop_events = self.backend.watch_deaths(
             f"{LABEL_SERVER}={self.server_id}", lambda cid: loop.call_soon_threadsafe(self._container_died, cid)
@@ -96,7 +97,7 @@ class Manager:
         envs = list(self.envs.values()) + warm
         self.envs.clear()
         await asyncio.gather(*(self._remove_env(e) for e in envs), return_exceptions=True)
-        await self._remove_labelled(self._ours)  # anything half-started
+        await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)  # anything half-started
 
     # ------------------------------------------------------------------ envs
 
@@ -244,15 +245,16 @@ class Manager:
             labels = c["labels"]
             if labels.get(LABEL_SERVER) == self.server_id:
                 return labels.get(LABEL_ENV) not in self.owned
-            try:  # another server's container: only once its own expiry has passed (that server is gone or late)
+            # Anyone else's container (another server's, or a tool's sandbox) only once its own expiry passed.
+            try:
                 return float(labels.get(LABEL_EXPIRES, "inf")) < now
             except ValueError:
                 return False
 
-        return len(expired) + await self._remove_labelled(stray)
+        return len(expired) + await self._remove_labelled(LABEL_EXPIRES, stray)
 
-    async def _remove_labelled(self, pick) -> int:
-        containers = await asyncio.to_thread(self.backend.list_labelled, LABEL_SERVER)
+    async def _remove_labelled(self, label: str, pick) -> int:
+        containers = await asyncio.to_thread(self.backend.list_labelled, label)
         mine = [c for c in containers if pick(c)]
         await asyncio.gather(*(asyncio.to_thread(self.backend.remove, c["id"]) for c in mine), return_exceptions=True)
         return len(mine)

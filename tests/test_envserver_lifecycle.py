@@ -65,12 +65,19 @@ def test_pool_kill9_restart_reaper_and_clean_shutdown(docker_client, envtest_ima
                 envtest_image, "sleep infinity", detach=True, network_mode="none",
                 labels={"forager.server": f"{server_id}-dead", "forager.env": "x", "forager.expires": str(int(time.time()) - 1)},
             )
+            sandbox_marker = f"sandbox-{server_id}"
+            sandbox = docker_client.containers.run(  # any tool's container that says when it expires
+                envtest_image, "sleep infinity", detach=True, network_mode="none",
+                labels={"forager.kind": sandbox_marker, "forager.expires": str(int(time.time()) - 1)},
+            )
             wait_for(lambda: "orphan" not in env_ids(docker_client, server_id), "the orphan to be reaped", 30)
+            wait_for(lambda: not docker_client.api.containers(all=True, filters={"label": f"forager.kind={sandbox_marker}"}),
+                     "the expired sandbox", 30)
             wait_for(lambda: not containers_of(docker_client, f"{server_id}-dead"), "the foreign expired container", 30)
             with pytest.raises(EnvGone, match="expired"):
                 wait_for(lambda: c.get_env(short.id) and False, "the env to expire", 40)
             assert short.id not in env_ids(docker_client, server_id)
-            for ct in (orphan, foreign):
+            for ct in (orphan, foreign, sandbox):
                 with pytest.raises(Exception):
                     ct.reload()
             c.create_env(envtest_image, ttl=600)
