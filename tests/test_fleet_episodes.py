@@ -135,3 +135,22 @@ def test_env_server_down_mid_run_jobs_retry_and_complete(synthesized, docker_cli
     for tid in retried:
         assert logs[tid][-1]["event"] == "done"
     assert containers_of(docker_client, server.server_id) == []
+
+
+def test_a_plain_rq_worker_runs_episode_jobs(synthesized, envserver, fleet, tmp_path):
+    """Job functions are importable top-level functions with JSON arguments: stock `rq worker` works."""
+    import subprocess
+    import sys
+
+    task = synthesized.tasks[0]
+    env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=envserver.url)
+    out = run_cli(env, "collect", str(write_tasks([task], tmp_path / "tasks.jsonl")), *ORACLE_FAST, "--json")
+    assert json.loads(out.stdout)["outcome"] == {"enqueued": 1}
+    rq = [sys.executable, "-c", "from rq.cli import main; main()"]
+    done = subprocess.run([*rq, "worker", "--burst", "--url", fleet["redis_url"], fleet["queue"]], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    job_id = episode_job_id(task.id, 0, "oracle", None)
+    assert job_state(fleet["conn"], job_id) == "finished"
+    store = TrajectoryStore(Settings(home=fleet["home"]).trajectories_dir)
+    assert [t.result.reward for t in store.iter()] == [1.0]
