@@ -29,6 +29,8 @@ _QUOTE[127] = "\\x7f"
 # Output kept in memory per command; past this the middle is dropped (the saved file says so).
 MAX_KEPT = 64 * 1024 * 1024
 
+INLINE_LIMIT = 16 * 1024  # characters of command sent down the socket; longer ones travel as a file
+
 SESSION_ENV = ["PAGER=cat", "GIT_PAGER=cat", "MANPAGER=cat", "TERM=dumb", "PIP_PROGRESS_BAR=off"]
 
 # Kills the session's process group, then anything else still in the session (a job that made its
@@ -145,7 +147,13 @@ class BashSession:
         if not self._clean:
             await self.restart()
         token = secrets.token_hex(8)
-        line = f"eval {quote(command)} </dev/null 2>&1; {_sentinel(token, '$?')}\n"
+        if len(command) <= INLINE_LIMIT:
+            line = f"eval {quote(command)} </dev/null 2>&1; {_sentinel(token, '$?')}\n"
+        else:
+            # bash reads a pipe one byte per syscall; a long command (a big here-doc) goes in as a file instead.
+            path = f"/tmp/forager-cmd-{token}"
+            await asyncio.to_thread(self.backend.write_file, self.container_id, path, command.encode())
+            line = f'eval "$(< {path})" </dev/null 2>&1; {_sentinel(token, "$?")}; rm -f {path}\n'
         out = Output(self._pending)
         self._pending = b""
         self._clean = False

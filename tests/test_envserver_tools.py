@@ -57,6 +57,10 @@ def test_shell_odd_commands_do_not_break_the_session(client, env):
     assert client.shell(env.id, "cat").output == ""  # stdin is /dev/null: no hang
     assert client.shell(env.id, "printf 'no newline'").output == "no newline"
     assert client.shell(env.id, "cat <<'EOF'\n$HOME 'q' \"d\" \\\nEOF").output == "$HOME 'q' \"d\" \\\n"
+    body = "".join(f"line {i} with 'quotes' and $dollars\n" for i in range(6000))  # ~200 KB: sent as a file
+    r = client.shell(env.id, f"cat > /tmp/big.txt <<'EOF'\n{body}EOF\nwc -l < /tmp/big.txt; cd /tmp")
+    assert r.output == "6000\n" and client.shell(env.id, "pwd; cd /repo").output == "/tmp\n"
+    assert client.shell(env.id, "cat /tmp/big.txt").output == body
     r = client.shell(env.id, "exit 5")
     assert r.exit_code == 5
     assert client.shell(env.id, "pwd").output == "/repo\n"  # a fresh shell, same directory
