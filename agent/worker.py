@@ -75,6 +75,19 @@ class ForagerWorker(Worker):
             metrics.job_done(job, time.monotonic() - started)
 
 
+def preload() -> None:
+    """Import the episode job's modules once, here: every job runs in a fresh fork of this process,
+    which would otherwise import them again (pydantic models, HTTP and model clients) for every job."""
+    import importlib
+
+    for name in ("agent.jobs", "forager.agent_loop", "forager.policies.oracle", "forager.policies.openai",
+                 "forager.trajectories", "envserver.client"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional part missing must not stop a worker that runs other jobs
+            pass
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -85,6 +98,7 @@ def run_worker(queue_name: str, redis_url: str, burst: bool = False, with_schedu
     from agent.queue import connect
 
     os.register_at_fork(after_in_child=die_with_parent)
+    preload()
     conn = connect(redis_url)
     worker = ForagerWorker([queue_name], connection=conn, name=worker_name())
     return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)

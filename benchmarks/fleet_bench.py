@@ -135,6 +135,7 @@ def run_fleet(tasks, n: int, workers: int, redis_url: str, env_url: str, home: P
            "FORAGER_HOME": str(home), "PYTHONPATH": str(ROOT)}
     settings = Settings(home=home, redis_url=redis_url, envserver_url=env_url, queue=queue)
     conn = connect(redis_url)
+    home.mkdir(parents=True, exist_ok=True)
     # Workers up and idle first, so their start-up is not counted as fleet overhead.
     log = open(home.parent / f"pool-w{workers}.log", "ab")
     pool = subprocess.Popen([sys.executable, "-m", "forager.cli", "worker", "-c", str(workers)], env=env, cwd=ROOT,
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=12, help="episodes per configuration")
     parser.add_argument("--tasks", help="tasks JSONL (default: synthesize from the tiny test repo)")
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (default: removed)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="forager-fleet-bench-"))
@@ -220,6 +222,8 @@ def main() -> None:
         for p in reversed(procs):
             p.terminate()
             p.wait(120)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     one = fleets[0]
     figures = {
         "episodes_per_config": args.episodes, "tasks": len(tasks), "cpus": os.cpu_count(),
