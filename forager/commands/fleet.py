@@ -203,8 +203,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"workers: {len(st['workers'])} ("
                       + ", ".join(f"{w['name']}={w['state']}" for w in st["workers"][:8])
                       + (" ..." if len(st["workers"]) > 8 else "") + ")")
-        table = Table("collection", "total", "queued", "running", "retrying", "done", "failed", "trajectories",
-                      "solve rate", "reward")
+        table = Table("collection", "jobs", "queued", "run", "retry", "done", "failed", "trajs", "solved", "reward")
         for c in st["collections"]:
             table.add_row(c["collection"], *(str(c[k]) for k in ("total", "queued", "running", "retrying", "done",
                                                                   "failed", "trajectories")),
