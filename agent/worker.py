@@ -136,6 +136,10 @@ def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
 # ---------------------------------------------------------------- pool
 
 
+class PoolError(RuntimeError):
+    pass
+
+
 class Pool:
     """N worker processes, respawned if one dies, stopped together (SIGTERM = finish current jobs)."""
 
@@ -184,7 +188,11 @@ class Pool:
         if self.metrics_port:
             from agent import metrics
 
-            metrics.serve_pool(self.metrics_port, self.metrics_host, self.metrics_dir, self.redis_url, self.queue_name)
+            try:
+                metrics.serve_pool(self.metrics_port, self.metrics_host, self.metrics_dir, self.redis_url,
+                                   self.queue_name)
+            except OSError as exc:
+                raise PoolError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: {exc}") from exc
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         self.procs = [self._spawn() for _ in range(self.concurrency)]

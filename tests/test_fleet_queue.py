@@ -221,3 +221,21 @@ def test_job_timeout_kills_the_job(redis_url, conn, queue_name, tmp_path, forage
     result = Job.fetch(f"slow-{queue_name}", connection=conn).latest_result()
     assert "JobTimeoutException" in (result.exc_string or "")
     assert lines(log) == {}
+
+
+def test_cli_bad_input_is_a_clear_error(redis_url, forager_home, tmp_path):
+    env = fleet_env(redis_url, forager_home, "bad-input")
+    missing = run_cli(env, "collect", str(tmp_path / "nope.jsonl"), "--json")
+    assert missing.returncode == 1 and "no such tasks file" in json.loads(missing.stdout)["error"]
+    (tmp_path / "junk.jsonl").write_text("not json\n{\"id\": 1}\n")
+    junk = run_cli(env, "collect", str(tmp_path / "junk.jsonl"), "--json")
+    assert junk.returncode == 1 and "no valid tasks" in json.loads(junk.stdout)["error"]
+    policy = run_cli(env, "collect", str(tmp_path / "junk.jsonl"), "--policy", "nope", "--json")
+    assert policy.returncode == 1 and "unknown policy" in json.loads(policy.stdout)["error"]
+    with __import__("socket").socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_cli(env, "worker", "--metrics-port", str(port), "--json")
+    assert busy.returncode == 1 and "cannot serve metrics" in json.loads(busy.stdout)["error"]
+    assert Queue("bad-input", connection=connect(redis_url)).count == 0

@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         import threading
 
         from agent.status import queue_counts
-        from agent.worker import Pool
+        from agent.worker import Pool, PoolError
 
         settings = Settings.from_env()
         conn = _redis(settings, json_out)
@@ -167,6 +167,9 @@ def register(app: typer.Typer) -> None:
         started = time.time()
         try:
             code = pool.run()
+        except PoolError as exc:
+            done.set()
+            _fail(str(exc), json_out)
         finally:
             done.set()
             shower.join(3)
