@@ -96,3 +96,11 @@ def test_queue_runs_one_job_per_image_and_skips_traced_images(images_home, tiny_
     assert bad == [] and {t.function.split(":")[1] for t in traces} == CORE
     second = json.loads(runner.invoke(app, args).stdout.strip().splitlines()[-1])
     assert second["enqueued"] == 0 and list(second["jobs"].values()) in (["finished"], ["exists"])
+
+
+def test_a_run_past_its_timeout_is_killed_and_reported(docker_client, tiny_repo_image):
+    forever = "import time\n\n\ndef spin():\n    while True:\n        time.sleep(0.05)\n"
+    with pytest.raises(TimeoutError, match="longer than 3s"):
+        trace_call_in_image(docker_client, tiny_repo_image.tag, "spin()", snippet=forever, timeout=3)
+    leftovers = docker_client.containers.list(all=True, filters={"label": "forager.kind=trace"})
+    assert not [c for c in leftovers if c.labels.get("forager.test_run") == os.environ.get("FORAGER_TEST_RUN")]

@@ -26,6 +26,7 @@ from forager.trace.models import Trace, TraceRunSummary, trace_id
 TRACER_DIR = "/tmp/forager_trace"
 OUT_DIR = f"{TRACER_DIR}/out"
 SNIPPET_DIR = "/tmp/forager_snippet"
+LOG_FILE = f"{TRACER_DIR}/run.log"
 TIMEOUT_EXIT = 137  # timeout -s KILL: 128 + 9
 DEFAULT_TEST_COMMAND = "python -m pytest -q"
 
@@ -85,10 +86,19 @@ class _Box:
         self.container.put_archive(directory, _tar(files))
 
     def sh(self, command: str, timeout: float, env: dict[str, str]) -> tuple[int, str]:
-        # non-login bash: a login shell's /etc/profile would reset the image's PATH (the venv)
-        cmd = ["timeout", "-s", "KILL", str(max(1, int(timeout))), "bash", "-c", command]
-        res = self.container.exec_run(cmd, workdir=self.workdir, environment=env, demux=False)
-        return res.exit_code, (res.output or b"").decode(errors="replace")
+        """Run `command` detached and poll for its end: a traced suite can run for longer than any
+        HTTP read timeout the Docker client has. Returns (exit code, the output's last 20 kB)."""
+        # non-login bash: a login shell's /etc/profile would reset the image's PATH (the venv);
+        # timeout kills its whole process group (pytest and its children) when time is up
+        script = f"( {command} ) > {LOG_FILE} 2>&1"
+        cmd = ["timeout", "-s", "KILL", str(max(1, int(timeout))), "bash", "-c", script]
+        api = self.container.client.api
+        exec_id = api.exec_create(self.container.id, cmd, workdir=self.workdir, environment=env)["Id"]
+        api.exec_start(exec_id, detach=True)
+        while (info := api.exec_inspect(exec_id))["Running"]:
+            time.sleep(0.5)
+        tail = self.container.exec_run(["tail", "-c", "20000", LOG_FILE]).output or b""
+        return info["ExitCode"], tail.decode(errors="replace")
 
     def jsonl_lines(self, directory: str) -> Iterator[str]:
         try:
@@ -104,8 +114,8 @@ class _Box:
 
 
 def _prepare(box: _Box) -> None:
+    box.container.exec_run(["mkdir", "-p", OUT_DIR])
     box.put(TRACER_DIR, {"forager_tracer.py": Path(tracer_module.__file__).read_bytes()})
-    box.sh(f"mkdir -p {OUT_DIR}", 30, {})
 
 
 def _with_tracer_path(command: str) -> str:
