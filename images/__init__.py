@@ -25,7 +25,7 @@ Images (images.layers), each tag derived from a hash of its inputs so the same i
   forager/base:py3.11 → forager/deps-<name>:<hash12> (deps + pytest in /opt/venv, no repo code; keyed by
   python + requirement lines distilled from the manifests) → forager/repo-<name>:<hash12> (the repo at /repo,
   `pip install --no-deps -e .`, a fresh one-commit git repo; labels forager.repo, forager.commit,
-  forager.kind=repo; /opt/forager/pip-freeze.txt).
+  forager.kind=repo). `pip freeze` of the image is recorded in ImageRecord.pip_freeze.
 
 Validation (images.validate): the test command runs twice in the image with network none and a timeout;
 outcomes come from JUnit XML only; tests whose outcome differs are flaky. `ok` needs tests collected and

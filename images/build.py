@@ -46,9 +46,11 @@ class _Log:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fh = open(path, "a", encoding="utf-8")
+        self._start = time.monotonic()
 
     def __call__(self, text: str) -> None:
-        self._fh.write(text.rstrip("\n") + "\n")
+        stamp = f"[{time.monotonic() - self._start:7.1f}s] "  # where the time of a build goes
+        self._fh.write("".join(stamp + line + "\n" for line in text.rstrip("\n").split("\n")))
         self._fh.flush()
 
     def close(self) -> None:
@@ -134,15 +136,14 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
                 ctx = layers.write_context(
                     workspace / "deps",
                     {
-                        "Dockerfile": layers.deps_dockerfile(det.python, det.system_packages),
+                        "Dockerfile": layers.deps_dockerfile(det.python, det.system_packages, dkey),
                         "build-requirements.txt": "".join(f"{r}\n" for r in det.build_requirements),
                         "requirements.txt": "".join(f"{r}\n" for r in det.requirements),
                     },
                 )
                 log(f"deps layer: building {record.deps_tag}\n--- requirements.txt\n" + "\n".join(det.requirements))
-                labels = {"forager.kind": "deps", "forager.repo": spec.name, "forager.deps_hash": dkey}
                 try:
-                    layers.docker_build(client, ctx, record.deps_tag, labels, log, no_cache=opts.no_cache)
+                    layers.docker_build(client, ctx, record.deps_tag, log, no_cache=opts.no_cache)
                 except BuildError as exc:
                     return fail("install", f"dependency layer failed: {_last_error(exc)}")
         stage("deps")
@@ -153,12 +154,12 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
             if layers.image_exists(client, tag) and not opts.force:
                 log(f"repo layer reused: {tag}")
             else:
-                dockerfile = layers.repo_dockerfile(record.deps_tag, spec.name, commit, det.install, det.install_env)
+                labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
+                dockerfile = layers.repo_dockerfile(record.deps_tag, spec.name, commit, det.install, det.install_env, labels)
                 ctx = layers.write_context(workspace / "repo-ctx", {"Dockerfile": dockerfile}, tree=tree)
                 log(f"repo layer: building {tag}\n--- Dockerfile\n{dockerfile}")
-                labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
                 try:
-                    layers.docker_build(client, ctx, tag, labels, log, no_cache=opts.no_cache)
+                    layers.docker_build(client, ctx, tag, log, no_cache=opts.no_cache)
                 except BuildError as exc:
                     return fail("install", f"repository layer failed: {_last_error(exc)}")
         record.tag = tag

@@ -20,7 +20,7 @@ from docker.errors import APIError, BuildError, ImageNotFound
 from forager.config import base_image_tag
 
 # Bump when the rendered Dockerfiles change meaning, so old tags are not mistaken for new ones.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 # Marks every intermediate image of our builds, so pruning touches only our leftovers.
 BUILD_LABEL = "forager.build"
 
@@ -50,8 +50,15 @@ def repo_tag(name: str, key: str) -> str:
     return f"forager/repo-{name}:{key[:12]}"
 
 
-def deps_dockerfile(python: str, system_packages: list[str]) -> str:
-    lines = [f"FROM {base_image_tag(python)}", f"LABEL {BUILD_LABEL}=1", f"RUN {_PROFILE_FIX}"]
+def _label_line(labels: dict[str, str]) -> str:
+    # One LABEL instruction: the classic builder runs a container per instruction, so labels passed one
+    # by one (or through the API) cost a container each.
+    return "LABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(labels.items()))
+
+
+def deps_dockerfile(python: str, system_packages: list[str], key: str) -> str:
+    # No repo name here: identical dependencies give an identical layer, shared through Docker's cache.
+    lines = [f"FROM {base_image_tag(python)}", _label_line({BUILD_LABEL: "1", "forager.kind": "deps", "forager.deps_hash": key})]
     if system_packages:
         pkgs = " ".join(shlex.quote(p) for p in system_packages)
         lines.append(
@@ -61,15 +68,16 @@ def deps_dockerfile(python: str, system_packages: list[str]) -> str:
     # cannot read newer pyproject metadata); then runtime and test deps, pytest included.
     lines += [
         "COPY build-requirements.txt requirements.txt /opt/forager/",
-        "RUN python -m pip install --no-cache-dir --progress-bar off --upgrade -r /opt/forager/build-requirements.txt"
+        f"RUN {_PROFILE_FIX}"
+        " && python -m pip install --no-cache-dir --progress-bar off --upgrade -r /opt/forager/build-requirements.txt"
         " && python -m pip install --no-cache-dir --progress-bar off -r /opt/forager/requirements.txt",
     ]
     return "\n".join(lines) + "\n"
 
 
-def repo_dockerfile(deps: str, name: str, commit: str, install: list[str], install_env: dict[str, str]) -> str:
+def repo_dockerfile(deps: str, name: str, commit: str, install: list[str], install_env: dict[str, str], labels: dict[str, str]) -> str:
     env = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(install_env.items()))
-    steps = [f"{env}bash -c {shlex.quote(command)}" for command in install]
+    steps = ["cd /repo", *(f"{env}bash -c {shlex.quote(command)}" for command in install)]
     # A fresh one-commit repository: no remotes, branches, reflog or history an agent could mine.
     message = shlex.quote(f"{name} at {commit[:12]}")
     steps += [
@@ -79,11 +87,12 @@ def repo_dockerfile(deps: str, name: str, commit: str, install: list[str], insta
         f"git -c user.name=forager -c user.email=forager@localhost commit -q --no-verify -m {message}",
         "rm -rf .git/logs .git/hooks",
         "git status --porcelain | (! grep -q .)",  # the tree must be clean after installing
-        "mkdir -p /opt/forager && python -m pip freeze --all > /opt/forager/pip-freeze.txt",
     ]
-    # One RUN: one layer and one build container instead of several (the rebuild of a new commit is this step).
+    # One RUN: one layer and one build container (rebuilding a new commit is exactly this step). The
+    # base image's working directory is already /repo.
     run = " \\\n && ".join(steps)
-    return f"FROM {deps}\nLABEL {BUILD_LABEL}=1\nCOPY repo/ /repo/\nWORKDIR /repo\nRUN {run}\n"
+    label = _label_line({BUILD_LABEL: "1", **labels})
+    return f"FROM {deps}\n{label}\nCOPY repo/ /repo/\nRUN {run}\n"
 
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
@@ -94,14 +103,13 @@ def image_exists(client: docker.DockerClient, tag: str) -> bool:
         return False
 
 
-def docker_build(client: docker.DockerClient, context: Path, tag: str, labels: dict[str, str], log, no_cache: bool = False) -> None:
+def docker_build(client: docker.DockerClient, context: Path, tag: str, log, no_cache: bool = False) -> None:
     """`docker build --network host` of `context`, streaming the output to `log`; BuildError on failure."""
     output: list[str] = []
     try:
         stream = client.api.build(
             path=str(context),
             tag=tag,
-            labels=labels,
             network_mode="host",  # pip needs the index at build time; containers that run tests get none
             rm=True,
             nocache=no_cache,

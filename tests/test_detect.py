@@ -105,7 +105,7 @@ def test_dependencies_from_pyproject_extras_groups_requirements_and_tox(tmp_path
     for unwanted in ["sphinx", "ruff", "sphinx-rtd-theme", "demo[speed]", "-e ."]:
         assert unwanted not in reqs, unwanted
     assert reqs.count("iniconfig") == 1
-    assert det.install[0].startswith("python -m pip install --no-deps --no-build-isolation -e .")
+    assert det.install[0].startswith("python -m pip install --no-deps --no-build-isolation --use-pep517 -e .")
 
 
 def test_setup_py_literals_and_default_build_requirements(tmp_path):
