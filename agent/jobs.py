@@ -128,9 +128,10 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
     client = _env_client(settings)
     started = time.monotonic()
     try:
-        removed = remove_leftovers(client, job_id)
-        if removed:
-            log("leftovers_removed", envs=removed)
+        if tries > 1:  # only a try that was killed can have left an env behind
+            removed = remove_leftovers(client, job_id)
+            if removed:
+                log("leftovers_removed", envs=removed)
         traj = _run(task_obj, attempt, policy, client, settings, job_id, traj_id, max_turns, episode_timeout)
     except (EnvServerError, EpisodeInfraError) as exc:
         cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
