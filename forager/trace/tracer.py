@@ -38,6 +38,7 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 # reprs of these types are cheap and cannot run user code: no watchdog needed
 _PLAIN = {int, float, bool, type(None), complex, str, bytes}
 _CONTAINERS = {list, tuple, dict, set, frozenset}
+_SMALL = {bool, float, type(None)}  # repr is short, cannot fail and runs no user code (int may: >4300 digits)
 _CO_OPTIMIZED = inspect.CO_OPTIMIZED
 _SKIP, _FOLLOW, _ENTRY = 0, 1, 2
 _DEF = re.compile(r"\s*(async\s+)?def\s")
@@ -139,12 +140,13 @@ class Reprs:
         try:
             if kind in _PLAIN:
                 if kind in (str, bytes) and len(value) > self.max_repr:
-                    text = repr(value[: self.max_repr])  # longer than max_repr: cut below
-                else:
-                    text = repr(value)
-            elif kind in self.slow_types:
+                    return repr(value[: self.max_repr])[: self.max_repr] + CUT
+                text = repr(value)
+                # a str's own text is data, not an address: never masked
+                return text if len(text) <= self.max_repr else text[: self.max_repr] + CUT
+            if kind in self.slow_types:
                 return REPR_TIMEOUT
-            elif self.untrusted is not None:
+            if self.untrusted is not None:
                 text = self._watched(self._safe, value)
             elif kind in _CONTAINERS and len(value) > self.max_repr:
                 text = self._watched(self.big.repr, value)  # a million-element list: abbreviate, never build it all
@@ -243,6 +245,8 @@ class Tracer:
         if unknown:
             raise TypeError(f"unknown tracer limits: {sorted(unknown)}")
         self.limits = {**DEFAULTS, **limits}
+        self._max_events, self._max_bytes = self.limits["max_events"], self.limits["max_bytes"]
+        self._lines: dict = {}  # (code, line number) -> source line
         self.roots = [os.path.realpath(r).rstrip(os.sep) + os.sep for r in roots]
         self.follow_libraries = follow_libraries
         self.on_trace = on_trace or (lambda trace: None)
@@ -350,16 +354,20 @@ class Tracer:
             frame.f_trace_lines = False
             return
         lineno = frame.f_lineno
+        code = frame.f_code
         if event == "call":
-            lineno = max(lineno, _def_line(frame.f_code))
-        source = linecache.getline(frame.f_code.co_filename, lineno)
+            lineno = max(lineno, _def_line(code))
+        source = self._lines.get((code, lineno))
+        if source is None:
+            source = self._lines[(code, lineno)] = linecache.getline(code.co_filename, lineno)
         rendered = {"event": event, "line": lineno, "source": source}
         size = 48 + len(source)
         if event == "call" or event == "line":
             shown: dict = {}
             last = self._scopes[frame][1]
+            reprs = self.reprs
             for name, value in frame.f_locals.items():
-                text = self.reprs(value)
+                text = repr(value) if type(value) in _SMALL else reprs(value)
                 shown[name] = DIFF if last.get(name) == text else text
                 last[name] = text
                 size += len(name) + len(shown[name]) + 8
@@ -368,13 +376,14 @@ class Tracer:
             value = arg[1] if event == "exception" else arg
             rendered["value"] = self.reprs(value)
             size += len(rendered["value"])
+        max_events, max_bytes = self._max_events, self._max_bytes
         for rec in self._active:
             rec.events += 1
             if rec.truncated:
                 continue
-            if len(rec.frames) >= self.limits["max_events"]:
+            if len(rec.frames) >= max_events:
                 rec.truncated = "events"
-            elif rec.bytes + size > self.limits["max_bytes"]:
+            elif rec.bytes + size > max_bytes:
                 rec.truncated = "bytes"
             else:
                 rec.frames.append(dict(rendered, depth=depth - rec.depth))
