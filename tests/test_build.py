@@ -18,6 +18,7 @@ from forager.config import Settings
 from images.build import BuildOptions, PushError, build_list, build_repo, push_image
 from images.catalog import load_catalog, load_records, ok_records
 from images.sources import parse_entry, parse_list
+from forager.ui import progress
 from tests.fixtures_images import git_commit_all
 
 pytestmark = pytest.mark.slow
@@ -88,25 +89,27 @@ def test_new_commit_reuses_the_dependency_layer(tiny_repo_image, tiny_repo_path,
     assert in_image(docker_client, record.tag, "git log --format=%s").strip() == f"tinycalc at {new_commit[:12]}"
 
 
-def test_failing_install_is_classified_with_its_log(base_image, tmp_path, forager_home):
-    repo = write_repo(
+def test_failing_install_and_missing_tests_in_a_parallel_run(base_image, tmp_path, forager_home):
+    broken = write_repo(
         tmp_path / "brokeninstall",
         {
             "setup.py": "raise SystemExit('this package refuses to install: forager-test-marker')\n",
             "tests/test_x.py": "def test_x():\n    assert True\n",
         },
     )
-    record = build_repo(parse_entry(str(repo)), Settings.from_env())
-    assert record.status == "install" and record.tag is None
-    assert "forager-test-marker" in Path(record.log_path).read_text()
-    assert load_records(Settings.from_env().catalog_path)[-1].status == "install"
-
-
-def test_repo_without_tests_is_not_ok(base_image, tmp_path, forager_home):
-    repo = write_repo(tmp_path / "notests", {"pyproject.toml": PYPROJECT.format(name="notests"), "notests/__init__.py": "X = 1\n"})
-    record = build_repo(parse_entry(str(repo)), Settings.from_env())
-    assert record.status == "collect" and record.tests_collected == 0
-    assert ok_records(Settings.from_env().catalog_path) == []
+    notests = write_repo(tmp_path / "notests", {"pyproject.toml": PYPROJECT.format(name="notests"), "notests/__init__.py": "X = 1\n"})
+    settings = Settings.from_env()
+    summary: dict = {}
+    with progress(disable=True) as bar:
+        records = build_list([parse_entry(str(broken)), parse_entry(str(notests))], settings, jobs=2, progress=bar, summary=summary)
+        assert all(task.completed == task.total == 2 for task in bar.tasks)  # one bar per stage, all full
+    install, collect = records
+    assert install.status == "install" and install.tag is None
+    assert "forager-test-marker" in Path(install.log_path).read_text()
+    assert collect.status == "collect" and collect.tests_collected == 0 and collect.tag
+    assert summary["failed"] == {"collect": 1, "install": 1} and summary["ok"] == 0
+    assert sorted(r.status for r in load_records(settings.catalog_path)) == ["collect", "install"]
+    assert ok_records(settings.catalog_path) == []
 
 
 MIXED_TESTS = """\
