@@ -170,11 +170,17 @@ class Manager:
             LABEL_EXPIRES: str(int(now + (ttl if ttl is not None else POOL_LABEL_TTL))),
         }
         self.owned.add(env_id)  # before the container exists, so the reaper never takes it for an orphan
-        cid = None
+        cid, session = None, None
+        starting = asyncio.ensure_future(asyncio.to_thread(
+            self.backend.start_container, image, f"forager-{env_id}", labels, limits, self.config.network_mode
+        ))
         try:
-            cid = await asyncio.to_thread(
-                self.backend.start_container, image, f"forager-{env_id}", labels, limits, self.config.network_mode
-            )
+            try:
+                cid = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                # Cancelled (shutdown) while Docker starts it: the thread carries on, so wait and remove what it made.
+                cid = await _settled(starting)
+                raise
             if workdir is None:
                 workdir = image_workdir
             else:
@@ -189,6 +195,8 @@ class Manager:
             return env
         except BaseException as exc:
             self.owned.discard(env_id)
+            if session is not None:
+                await session.close()
             if cid:
                 self._by_container.pop(cid, None)
                 await asyncio.shield(asyncio.to_thread(self.backend.remove, cid))
@@ -258,3 +266,11 @@ class Manager:
         mine = [c for c in containers if pick(c)]
         await asyncio.gather(*(asyncio.to_thread(self.backend.remove, c["id"]) for c in mine), return_exceptions=True)
         return len(mine)
+
+
+async def _settled(future: asyncio.Future):
+    """The future's result once it is done, or None if it failed."""
+    try:
+        return await future
+    except Exception:
+        return None
