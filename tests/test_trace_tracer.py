@@ -375,3 +375,11 @@ def test_safe_repr_renders_cycles_like_repr():
     assert reprs(loop) == repr(loop) == "[1, [...]]"
     assert reprs(nested) == repr(nested)
     reprs.close()
+
+
+def test_addresses_are_masked_in_object_reprs_but_never_in_strings():
+    reprs = T.Reprs(1000, 0)
+    assert reprs(object()) == "<object object at 0x..>"
+    assert reprs("text at 0x1f") == "'text at 0x1f'"
+    assert reprs(10 ** 5000) == "<repr failed: ValueError>"  # int -> str digit limit, not a crash
+    reprs.close()
