@@ -111,7 +111,6 @@ def _trace_queue(settings, records, out_dir, force, options, wait, json_out) -> 
     import redis
 
     from agent.queue import JobSpec, connect, enqueue_many, make_job_id
-    from agent.status import collection_status
     from forager.trace.collect import traces_path
 
     conn = connect(settings.redis_url)
@@ -127,26 +126,40 @@ def _trace_queue(settings, records, out_dir, force, options, wait, json_out) -> 
         kwargs = {"image": record.tag, "out": str(out), "catalog": str(settings.catalog_path), "force": force,
                   **options}
         job_timeout = int((options.get("timeout") or max(600, 30 * (record.test_seconds or 20))) + 600)
-        specs.append(JobSpec("forager.trace.jobs.trace_image_job", kwargs, make_job_id("trace", record.tag, out),
+        # --force: a fresh id, since a finished job's id stays taken (that is what makes reruns no-ops)
+        job_id = make_job_id("trace", record.tag, out, *([time.time()] if force else []))
+        specs.append(JobSpec("forager.trace.jobs.trace_image_job", kwargs, job_id,
                              timeout=job_timeout, retries=1, intervals=(30,), description=f"trace {record.tag}"))
     outcome = enqueue_many(specs, conn=conn, queue_name=settings.queue, collection=collection,
                            done=None if force else (lambda spec: Path(spec.kwargs["out"]).exists()))
     result = {"collection": collection, "jobs": outcome,
               "enqueued": sum(v == "enqueued" for v in outcome.values()),
               "skipped_existing": sum(v == "exists" for v in outcome.values())}
-    pending = [s.job_id for s in specs if outcome[s.job_id] != "exists"]
-    if wait and pending:
-        with progress(disable=json_out) as bar:
-            task = bar.add_task("trace images (queue)", total=len(specs), status="")
-            while True:
-                s = collection_status(conn, collection)
-                done = s["done"] + s["failed"]
-                bar.update(task, completed=done, status=f"running {s['running']} queued {s['queued']} failed {s['failed']}")
-                if s["complete"]:
-                    break
-                time.sleep(1.0)
-        result["status"] = collection_status(conn, collection)
+    if wait:
+        result["states"] = _follow(conn, outcome, json_out)
+        result["failed"] = sorted(i for i, state in result["states"].items() if state in FAILED)
     return result
+
+
+FAILED = {"failed", "stopped", "canceled"}
+
+
+def _follow(conn, outcome: dict[str, str], json_out: bool) -> dict[str, str]:
+    """A bar over this run's jobs (not the whole collection) until each is finished or failed."""
+    from agent.queue import job_state
+
+    with progress(disable=json_out) as bar:
+        task = bar.add_task("trace images (queue)", total=len(outcome), status="")
+        while True:
+            states = {i: "exists" if o == "exists" else (job_state(conn, i) or "queued") for i, o in outcome.items()}
+            ended = sum(s in FAILED or s in ("finished", "exists") for s in states.values())
+            counts = {k: sum(s == k for s in states.values()) for k in ("queued", "started", "scheduled")}
+            hint = "  (no worker running? start one: forager worker)" if counts["queued"] == len(states) else ""
+            bar.update(task, completed=ended, status=f"queued {counts['queued']} running {counts['started']} "
+                       f"retrying {counts['scheduled']} failed {sum(s in FAILED for s in states.values())}{hint}")
+            if ended == len(states):
+                return states
+            time.sleep(1.0)
 
 
 def register(app: typer.Typer) -> None:
