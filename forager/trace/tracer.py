@@ -607,8 +607,11 @@ class _JsonlSink:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.fh = open(path, "a", encoding="utf-8")
         self.count = 0
+        self.pid = os.getpid()
 
     def __call__(self, trace: dict) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child of a test inherited the tracer: its traces would interleave with ours
         self.fh.write(json.dumps(trace) + "\n")
         self.fh.flush()
         self.count += 1
