@@ -235,7 +235,8 @@ class _Recorder:
 class Tracer:
     """Traces calls into code under `roots` with sys.settrace, restoring the previous tracer after.
 
-    Every call of an entry function (see `entry`) opens a trace that records its frames and those
+    Every call of an entry function (a repository function outside the tests, first `max_calls`
+    calls each; or, with `targets`, just those code objects) opens a trace that records its frames and those
     of the repository code it calls, until the entry frame returns. Traces can nest: a helper
     called inside a traced function gets its own trace too, sharing the rendered frames.
     """
@@ -279,7 +280,7 @@ class Tracer:
         self._thread = None
         for rec in reversed(self._active):  # entry frames still open (e.g. the tracer stopped inside one)
             rec.truncated = rec.truncated or "stopped"
-            self._finish(rec, None)
+            self._finish(rec)
         self._active.clear()
         self._scopes.clear()
 
@@ -337,7 +338,7 @@ class Tracer:
             if event == "return":
                 del self._scopes[frame]
                 if self._active and self._active[-1].frame is frame:
-                    self._finish(self._active.pop(), None)
+                    self._finish(self._active.pop())
             return self._on_event
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
@@ -406,7 +407,7 @@ class Tracer:
         }
         self._active.append(_Recorder(frame, self._depth_of(frame), meta))
 
-    def _finish(self, rec: _Recorder, _unused) -> None:
+    def _finish(self, rec: _Recorder) -> None:
         frames = rec.frames
         last = frames[-1] if frames else None
         exception = None
