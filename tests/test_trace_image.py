@@ -104,3 +104,11 @@ def test_a_run_past_its_timeout_is_killed_and_reported(docker_client, tiny_repo_
         trace_call_in_image(docker_client, tiny_repo_image.tag, "spin()", snippet=forever, timeout=3)
     leftovers = docker_client.containers.list(all=True, filters={"label": "forager.kind=trace"})
     assert not [c for c in leftovers if c.labels.get("forager.test_run") == os.environ.get("FORAGER_TEST_RUN")]
+
+
+def test_a_run_without_traces_writes_nothing_so_it_is_retried(docker_client, tiny_repo_image, tmp_path):
+    broken = tiny_repo_image.model_copy(update={"test_command": "python -m pytest -q tests/no_such_file.py"})
+    out = tmp_path / "none.jsonl"
+    summary = collect_test_traces(docker_client, broken, out)
+    assert summary.traces == 0 and summary.exit_code not in (0, None) and "no traces" in summary.error
+    assert not out.exists() and summary.out is None

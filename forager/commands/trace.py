@@ -215,4 +215,4 @@ def register(app: typer.Typer) -> None:
         for s in summaries:
             state = "skipped (exists)" if s["skipped"] else s["error"] or f"exit {s['exit_code']}"
             console.print(f"{s['image']}: {s['traces']} traces of {s['functions']} functions, "
-                          f"{s['truncated']} truncated, {state} -> {s['out']}")
+                          f"{s['truncated']} truncated, {state} -> {s['out'] or 'nothing written'}")

@@ -177,11 +177,15 @@ def collect_test_traces(
         code, output = box.sh(_with_tracer_path(command), timeout, env)
         origin = {"target": "test", "repo": record.repo, "commit": record.commit, "image": record.tag}
         traces, bad = _parse(box.jsonl_lines(OUT_DIR), origin)
-    write_jsonl_atomic(out, traces)
+    error = f"{bad} unreadable trace lines" if bad else None
+    if traces:
+        write_jsonl_atomic(out, traces)
+    else:  # nothing to keep: no file, so a later run tries again instead of skipping this image
+        error = f"the test run (exit {code}) produced no traces; see log_tail"
     return TraceRunSummary(
         image=record.tag,
         repo=record.repo,
-        out=str(out),
+        out=str(out) if traces else None,
         traces=len(traces),
         functions=len({t.function for t in traces}),
         frames=sum(len(t.frames) for t in traces),
@@ -189,7 +193,7 @@ def collect_test_traces(
         exit_code=code,
         timed_out=code == TIMEOUT_EXIT,
         seconds=round(time.monotonic() - started, 2),
-        error=f"{bad} unreadable trace lines" if bad else None,
+        error=error,
         log_tail=output[-2000:],
     )
 

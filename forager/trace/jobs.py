@@ -37,4 +37,6 @@ def trace_image_job(
         max_bytes=max_bytes, timeout=timeout, follow_libraries=follow_libraries,
         safe_repr=safe_repr,
     )
+    if not summary.traces:  # a failed job, visible in the fleet's status (and retried)
+        raise RuntimeError(f"{image}: {summary.error}\n{summary.log_tail[-1500:]}")
     return summary.model_dump()
