@@ -152,3 +152,12 @@ def test_pypi_sdist_becomes_a_one_commit_repo(tmp_path):
 def test_missing_pypi_release_is_a_clone_error(tmp_path):
     with pytest.raises(SourceError, match="pip download"):
         fetch(parse_entry("pypi:six==0.0.0.404"), tmp_path / "mirrors", log=lambda _m: None)
+
+
+def test_git_url_with_a_tag_ref(tmp_path):
+    src = make_tiny_repo(tmp_path / "tiny")
+    subprocess.run(["git", "tag", "v1.0"], cwd=src, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True).stdout.strip()
+    spec = parse_entry(f"file://{src}@v1.0")
+    assert (spec.kind, spec.ref, spec.name) == ("git", "v1.0", "tiny")
+    assert fetch(spec, tmp_path / "mirrors", log=lambda _m: None)[1] == head
