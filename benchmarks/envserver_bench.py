@@ -139,7 +139,13 @@ def bench_acquire(client: EnvClient, dclient, image: str, samples: int) -> dict:
     }
 
 
-async def bench_concurrent(url: str, image: str, envs: int, steps: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_concurrent(url: str, image: str, envs: int, steps: int, server_pid: int) -> dict:
     admin = AsyncEnvClient(url)
     errors: list[str] = []
     t0 = time.perf_counter()
@@ -148,6 +154,7 @@ async def bench_concurrent(url: str, image: str, envs: int, steps: int) -> dict:
     ids = [e.id for e in created if not isinstance(e, BaseException)]
     errors += [repr(e) for e in created if isinstance(e, BaseException)]
     latencies: list[float] = []
+    server_side: list[float] = []  # ShellResponse.duration: time spent on the session inside the server
 
     # One client (one keep-alive connection) per env, made before the clock starts: building an httpx
     # client costs tens of ms of CPU (SSL context), which would otherwise land on the first steps.
@@ -160,15 +167,17 @@ async def bench_concurrent(url: str, image: str, envs: int, steps: int) -> dict:
             t = time.perf_counter()
             try:
                 r = await c.shell(env_id, f"echo step-{n}-{i}")
+                server_side.append(r.duration)
                 if r.output != f"step-{n}-{i}\n":
                     errors.append(f"wrong output {r.output!r}")
             except Exception as exc:
                 errors.append(repr(exc))
             latencies.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
+    t0, server_cpu0, client_cpu0 = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     await asyncio.gather(*(drive(env_id, n) for n, env_id in enumerate(ids)))
     wall = time.perf_counter() - t0
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu0, time.process_time() - client_cpu0
     await asyncio.gather(*(c.close() for c in clients))
     await asyncio.gather(*(admin.delete_env(i) for i in ids), return_exceptions=True)
     await admin.close()
@@ -177,6 +186,10 @@ async def bench_concurrent(url: str, image: str, envs: int, steps: int) -> dict:
         "concurrent_step_p50_ms": ms(pct(latencies, 0.5)) if latencies else None,
         "concurrent_step_p99_ms": ms(pct(latencies, 0.99)) if latencies else None,
         "concurrent_steps_per_s": round(len(latencies) / wall, 1) if wall else None,
+        "concurrent_in_server_p50_ms": ms(pct(server_side, 0.5)) if server_side else None,
+        "concurrent_in_server_p99_ms": ms(pct(server_side, 0.99)) if server_side else None,
+        "server_cpu_ms_per_step": round(server_cpu / max(1, len(latencies)) * 1000, 3),
+        "client_cpu_ms_per_step": round(client_cpu / max(1, len(latencies)) * 1000, 3),
         "concurrent_create_seconds": round(create_seconds, 2), "concurrent_first_errors": errors[:3],
     }
 
@@ -207,10 +220,12 @@ def main() -> None:
                   f"p50 {acq['docker_run_cold_p50_ms']} ms ({acq['speedup_warm_vs_docker_run']}x); cold through the server "
                   f"p50 {acq['acquire_cold_server_p50_ms']} ms")
             figures.update(acq)
-        conc = asyncio.run(bench_concurrent(url, args.image, args.envs, args.steps))
+        conc = asyncio.run(bench_concurrent(url, args.image, args.envs, args.steps, proc.pid))
         print(f"{args.envs} concurrent envs x {args.steps} steps: p50 {conc['concurrent_step_p50_ms']} ms  p99 "
               f"{conc['concurrent_step_p99_ms']} ms  errors {conc['concurrent_errors']}  "
               f"({conc['concurrent_steps_per_s']} steps/s; {args.envs} envs created in {conc['concurrent_create_seconds']} s)")
+        print(f"  inside the server p50 {conc['concurrent_in_server_p50_ms']} ms  p99 {conc['concurrent_in_server_p99_ms']} ms;"
+              f" CPU per step: server {conc['server_cpu_ms_per_step']} ms, this client {conc['client_cpu_ms_per_step']} ms")
         figures.update(conc)
     finally:
         proc.send_signal(signal.SIGTERM)
