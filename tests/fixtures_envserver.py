@@ -12,8 +12,10 @@ It returns an `EnvServer`:
 Delete the envs you create (or give them a short ttl); the server removes whatever is left when the
 session ends. `envtest_image` (session) is a tiny git repository image FROM the base image with
 pytest installed: `/repo` holds `calc.py`, `tests/test_calc.py` (test_add, test_sub) and a few files
-with tabs / CRLF / no final newline. `start_envserver(...)` / `stop_envserver(...)` start and stop
-extra servers (other flags, kill -9 and restart).
+with tabs / CRLF / no final newline. `start_envserver(*extra_args, home=, server_id=, port=, token=,
+allow=)` / `stop_envserver(server, kill=False)` start and stop extra servers (other flags, kill -9 and
+restart with the same id); `containers_of(docker_client, server_id)` lists a server's containers
+(Engine API dicts: Id, Labels, State).
 """
 
 from __future__ import annotations
