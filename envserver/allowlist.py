@@ -12,7 +12,7 @@ class AllowList:
         self.patterns = list(patterns)
         self.catalog = catalog
         self._catalog_tags: set[str] = set()
-        self._catalog_mtime: float | None = None
+        self._catalog_mtime: tuple[int, int] | None = None
 
     def allows(self, image: str) -> bool:
         if any(image == p or fnmatch.fnmatchcase(image, p) for p in self.patterns):
@@ -30,9 +30,10 @@ class AllowList:
         if not self.catalog:
             return set()
         try:
-            mtime = self.catalog.stat().st_mtime
+            st = self.catalog.stat()
         except FileNotFoundError:
             return set()
+        mtime = (st.st_mtime_ns, st.st_size)  # size too: an append within one mtime tick still counts
         if mtime != self._catalog_mtime:
             latest: dict[tuple, dict] = {}  # the last record for a (repo, commit) wins
             for line in self.catalog.read_text().splitlines():
