@@ -149,3 +149,19 @@ def test_forager_serve_cli_prints_one_json_document_when_ready(docker_client, en
         _out, err = proc.communicate(timeout=60)
     assert "warming pool" in err
     assert containers_of(docker_client, server_id) == []
+
+
+def test_pool_size_warms_every_image_once_it_is_requested(docker_client, envtest_image, tmp_path):
+    server = start_envserver("--pool-size", "1", home=tmp_path)
+    try:
+        with server.client() as c:
+            assert c.health()["pool"] == {}  # nothing warmed before anyone asked
+            first = c.create_env(envtest_image, ttl=60)
+            wait_for(lambda: c.health()["pool"].get(envtest_image, {}).get("ready") == 1, "a warm container")
+            warm = {ct["Id"] for ct in containers_of(docker_client, server.server_id)} - {first.container_id}
+            second = c.create_env(envtest_image, ttl=60)
+            assert second.container_id in warm
+            metrics = httpx.get(server.url + "/metrics").text
+            assert 'source="cold"} 1.0' in metrics and 'source="pool"} 1.0' in metrics
+    finally:
+        stop_envserver(server)
