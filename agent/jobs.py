@@ -146,8 +146,6 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
     except BaseException as exc:  # a bug, or RQ's job timeout: logged, then RQ decides (retry or fail)
         log("error", error=f"{type(exc).__name__}: {exc}")
         raise
-    finally:
-        _close(client)
 
     store.write(traj)
     summary = summarize(traj)
@@ -196,16 +194,18 @@ def trajectory_id(task_id: str, attempt: int, policy: str, model: str | None) ->
     return make_id(task_id, attempt, policy, model)
 
 
+_CLIENTS: dict[tuple[str, str | None], Any] = {}
+
+
 def _env_client(settings: Settings):
+    """One client per (url, token) per process. Making one costs ~50 ms (its TLS context), so the
+    worker makes it before forking (agent.worker.preload) and every job's work horse inherits it."""
     from envserver.client import EnvClient
 
-    return EnvClient(settings.envserver_url, token=settings.envserver_token)
-
-
-def _close(client) -> None:
-    close = getattr(client, "close", None)
-    if close:
-        close()
+    key = (settings.envserver_url, settings.envserver_token)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = EnvClient(settings.envserver_url, token=settings.envserver_token)
+    return _CLIENTS[key]
 
 
 def remove_leftovers(client, job_id: str) -> list[str]:

@@ -86,6 +86,13 @@ def preload() -> None:
             importlib.import_module(name)
         except ImportError:  # an optional part missing must not stop a worker that runs other jobs
             pass
+    try:
+        from agent.jobs import _env_client
+        from forager.config import Settings
+
+        _env_client(Settings.from_env())  # no connection yet: each work horse opens its own
+    except ImportError:
+        pass
 
 
 def worker_name() -> str:

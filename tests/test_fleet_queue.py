@@ -68,12 +68,15 @@ def test_pool_runs_jobs_retries_failures_and_requeues_failed_ids(redis_url, conn
     # retried once after 1 s, then failed for good
     enqueue("tests.test_fleet_support.failing_job", {}, "bad-0", conn=conn, queue_name=queue_name,
             retries=1, intervals=[1])
+    # retries allowed, but the job itself says retrying cannot help
+    enqueue("tests.test_fleet_support.refusing_job", {"log": str(log)}, "refuse-0", conn=conn, queue_name=queue_name,
+            retries=3, intervals=[1])
     env = fleet_env(redis_url, forager_home, queue_name)
     pool = start_pool(env, 2, tmp_path / "pool.log")
     try:
-        wait_for(lambda: queue_counts(conn, queue_name)["finished"] == 6 and job_state(conn, "bad-0") == "failed",
-                 "6 finished jobs and one failed job")
-        assert lines(log) == {f"j{i}": 1 for i in range(6)}
+        wait_for(lambda: queue_counts(conn, queue_name)["finished"] == 6 and job_state(conn, "bad-0") == "failed"
+                 and job_state(conn, "refuse-0") == "failed", "6 finished jobs and two failed jobs")
+        assert lines(log) == {**{f"j{i}": 1 for i in range(6)}, "refused": 1}
         # the failed job ran twice (one retry) before failing
         from rq.job import Job
 
@@ -82,7 +85,7 @@ def test_pool_runs_jobs_retries_failures_and_requeues_failed_ids(redis_url, conn
         assert enqueue(MARK, {"log": str(log), "token": "j0"}, "ok-0", conn=conn, queue_name=queue_name) == "finished"
         assert enqueue(MARK, {"log": str(log), "token": "again"}, "bad-0", conn=conn, queue_name=queue_name) == "enqueued"
         wait_for(lambda: job_state(conn, "bad-0") == "finished", "the re-enqueued id to run")
-        assert lines(log)["again"] == 1
+        assert lines(log)["again"] == 1 and lines(log)["refused"] == 1
     finally:
         stop_pool(pool)
     assert pool.returncode == 0

@@ -30,6 +30,16 @@ def failing_job(message: str = "boom") -> None:
     raise RuntimeError(message)
 
 
+def refusing_job(log: str) -> None:
+    """Fails for good on its first run: retrying cannot help (as an episode job does on a refused request)."""
+    from rq import get_current_job
+
+    with open(log, "a") as f:
+        f.write("refused 1\n")
+    get_current_job().retries_left = 0
+    raise ValueError("bad request")
+
+
 _next_db = iter(range(1, 16))
 
 
