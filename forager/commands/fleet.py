@@ -119,6 +119,7 @@ def register(app: typer.Typer) -> None:
         result = {"ok": True, "collection": collection, "queue": settings.queue, "jobs": len(outcome), "outcome": counts}
         if wait:
             result["status"] = watch_collection(conn, collection, quiet=json_out)
+            result["ok"] = result["status"]["failed"] == 0
         if json_out:
             print_json(result)
         else:
@@ -126,6 +127,10 @@ def register(app: typer.Typer) -> None:
                           + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
             if not wait:
                 console.print("run workers with `forager worker`; follow with `forager status`")
+            else:
+                console.print(status_line(result["status"]) + f"; trajectories in {settings.trajectories_dir}")
+        if not result["ok"]:
+            raise typer.Exit(1)
 
     @app.command()
     def worker(
