@@ -1,8 +1,9 @@
 """A pytest plugin copied into a repo container during synthesis (stdlib + pytest only).
 
 Two jobs, chosen by environment variables:
-- FORAGER_PROBE_OUT=path: record, per test, which repository functions it calls (sys.setprofile
-  sees every Python call; we keep code objects whose file lives under the rootdir) and write
+- FORAGER_PROBE_OUT=path: record, per test, which repository functions it calls (a global
+  sys.settrace function sees every new Python frame and returns None, so no line events and no
+  C-call events are paid for; we keep code objects whose file lives under the rootdir) and write
   {"nodeid": ["file::qualname", ...]} as JSON at session end.
 - FORAGER_SELECT=path: run only the node ids listed in that file (one per line). Filtering at
   collection works with any pytest test command, so we never have to rewrite the repo's command.
@@ -33,11 +34,12 @@ def _key(code):
     return key
 
 
-def _profile(frame, event, arg):
-    if event == "call" and _current is not None:
+def _trace(frame, event, arg):
+    if _current is not None:
         key = _key(frame.f_code)
         if key:
             _current.add(key)
+    return None  # no local tracing: only the call itself is recorded
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -47,13 +49,13 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     _current = _hits.setdefault(item.nodeid, set())
-    sys.setprofile(_profile)
-    threading.setprofile(_profile)
+    sys.settrace(_trace)
+    threading.settrace(_trace)
     try:
         yield
     finally:
-        sys.setprofile(None)
-        threading.setprofile(None)
+        sys.settrace(None)
+        threading.settrace(None)
         _current = None
 
 
