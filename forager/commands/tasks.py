@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         max_tasks: int = typer.Option(20, "--max-tasks", min=1, help="target validated tasks per repo image"),
         max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="candidate mutations validated per repo"),
         timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run (default: 5x the suite)"),
-        time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds per repo, then stop"),
+        time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds of candidate validation per repo (after the baseline run)"),
         seed: int = typer.Option(0, "--seed"),
         show_tests: bool = typer.Option(False, "--show-tests", help="name the failing tests in problem statements"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),

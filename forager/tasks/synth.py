@@ -118,12 +118,13 @@ def run_synthesis(
         report.functions = len({(c.file, c.function) for c, _ in candidates})
         report.candidates = len(candidates)
         budget = min(max_candidates, len(candidates))
+        loop_started = time.monotonic()  # the time budget is for validating candidates, after the baseline
         originals: dict[str, str] = {}
         mode: dict[str, bool] = {}
         for cand, tests in candidates:
             if len(report.tasks) >= max_tasks or report.tried >= budget:
                 break
-            if time_budget and time.monotonic() - started > time_budget:
+            if time_budget and time.monotonic() - loop_started > time_budget:
                 report.out_of_time = True
                 break
             original = originals.setdefault(cand.file, box.read_bytes(cand.file).decode())
