@@ -176,6 +176,7 @@ def register(app: typer.Typer) -> None:
         max_calls: int = typer.Option(3, "--max-calls", min=1, help="traces per function (tests)"),
         max_events: int = typer.Option(10_000, "--max-events", min=1, help="frames per trace before truncation"),
         max_bytes: int = typer.Option(1_000_000, "--max-bytes", min=1000, help="bytes per trace before truncation"),
+        max_repr: int = typer.Option(1_000, "--max-repr", min=10, help="characters per value before it is cut"),
         timeout: Optional[float] = typer.Option(None, "--timeout", min=1,
                                                 help="seconds per run (default: 30x the suite's time, >= 600)"),
         follow_libraries: bool = typer.Option(False, "--follow-libraries", help="also trace stdlib/site-packages"),
@@ -194,11 +195,12 @@ def register(app: typer.Typer) -> None:
             if queue or all_images:
                 _fail("--call traces one call here; it does not combine with --queue or --all", json_out)
             _trace_call(settings, images, call, snippet, out, follow_libraries, safe_repr,
-                        {"max_events": max_events, "max_bytes": max_bytes}, timeout or 300, json_out)
+                        {"max_events": max_events, "max_bytes": max_bytes, "max_repr": max_repr}, timeout or 300, json_out)
             return
         records = _records(settings, images, all_images, json_out)
         out_dir = out or settings.traces_dir
-        options = {"max_calls": max_calls, "max_events": max_events, "max_bytes": max_bytes, "timeout": timeout,
+        options = {"max_calls": max_calls, "max_events": max_events, "max_bytes": max_bytes, "max_repr": max_repr,
+                   "timeout": timeout,
                    "follow_libraries": follow_libraries, "safe_repr": safe_repr}
         if queue:
             result = _trace_queue(settings, records, out_dir, force, options, wait, json_out)

@@ -158,6 +158,7 @@ def collect_test_traces(
     max_calls: int = 3,
     max_events: int | None = None,
     max_bytes: int | None = None,
+    max_repr: int | None = None,
     timeout: float | None = None,
     follow_libraries: bool = False,
     safe_repr: bool = True,
@@ -169,7 +170,7 @@ def collect_test_traces(
     started = time.monotonic()
     timeout = timeout or max(600.0, 30 * (record.test_seconds or 20))
     env = _env_args({"out": OUT_DIR, "root": record.workdir, "max_calls": max_calls, "max_events": max_events,
-                     "max_bytes": max_bytes, "follow_libraries": "1" if follow_libraries else None,
+                     "max_bytes": max_bytes, "max_repr": max_repr, "follow_libraries": "1" if follow_libraries else None,
                      "safe_repr": "1" if safe_repr else None})
     command = f"{record.test_command or DEFAULT_TEST_COMMAND} -p forager_tracer -p no:cacheprovider"
     with _Box(client, record.tag, record.workdir) as box:

@@ -15,6 +15,7 @@ def trace_image_job(
     max_calls: int = 3,
     max_events: int | None = None,
     max_bytes: int | None = None,
+    max_repr: int | None = None,
     timeout: float | None = None,
     follow_libraries: bool = False,
     safe_repr: bool = True,
@@ -34,7 +35,7 @@ def trace_image_job(
         raise LookupError(f"{image} is not in the catalog {catalog_path}")
     summary = collect_test_traces(
         docker.from_env(timeout=600), record, out, max_calls=max_calls, max_events=max_events,
-        max_bytes=max_bytes, timeout=timeout, follow_libraries=follow_libraries,
+        max_bytes=max_bytes, max_repr=max_repr, timeout=timeout, follow_libraries=follow_libraries,
         safe_repr=safe_repr,
     )
     if not summary.traces:  # a failed job, visible in the fleet's status (and retried)
