@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -252,11 +253,21 @@ def register(app: typer.Typer) -> None:
                           attempts=attempts, workers=workers, jobs=jobs, max_turns=max_turns,
                           episode_timeout=episode_timeout, policy=policy, model=model)
         started = time.monotonic()
+
+        def interrupted(signum, frame):
+            raise KeyboardInterrupt  # SIGTERM too: unwind, so the services this run started are stopped
+
+        signal.signal(signal.SIGTERM, interrupted)
         try:
             with progress() as bar:
                 report = run(opts, settings, bar, log=lambda m: bar.console.print(f"[cyan]run[/] {m}"))
         except (ValueError, RuntimeError, ServiceError) as exc:
             _fail(str(exc), json_out)
+        except KeyboardInterrupt:
+            if json_out:
+                print_json({"ok": False, "error": "interrupted", "resume": "run the same command again"})
+            console.print("[yellow]interrupted[/]: run the same command again to resume (done work is kept)")
+            raise typer.Exit(130)
         summary = report.as_dict()
         summary["seconds"]["total"] = round(time.monotonic() - started, 1)
         if json_out:
