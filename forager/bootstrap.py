@@ -8,6 +8,7 @@ second run only confirms (seconds).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -247,10 +248,12 @@ ENV PIP_CERT=/usr/local/share/ca-certificates/forager-host-ca.crt \\
 RUN command -v git >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends git && rm -rf /var/lib/apt/lists/*)
 RUN python3 -m venv /opt/venv && /opt/venv/bin/python -m pip --version
 ENV PATH=/opt/venv/bin:$PATH VIRTUAL_ENV=/opt/venv
+# Debian's /etc/profile resets PATH, so login shells (bash -l) would lose the venv without this.
+RUN echo 'case ":$PATH:" in *:/opt/venv/bin:*) ;; *) export PATH=/opt/venv/bin:$PATH ;; esac' > /etc/profile.d/forager-venv.sh
 RUN git config --system user.email forager@localhost && git config --system user.name forager \\
  && git config --system init.defaultBranch main && git config --system advice.detachedHead false \\
  && git config --system --add safe.directory '*'
-LABEL forager.kind=base
+LABEL forager.kind=base forager.base.recipe={recipe}
 WORKDIR /repo
 """
 
@@ -259,11 +262,22 @@ def ensure_base_image(client=None, python: str = DEFAULT_PYTHON, log: Log = lamb
     """Return the base image tag, building it first if it is not there."""
     client = client or docker_client()
     tag = base_image_tag(python)
-    if _image_exists(client, tag):
+    if _image_exists(client, tag) and _labels(client, tag).get("forager.base.recipe") == base_recipe():
         return tag
     root = _root_image(client, python, log)
     _build_base(client, root, tag, log)
     return tag
+
+
+def base_recipe() -> str:
+    """A hash of what goes into the base image; a changed recipe rebuilds it on the next set-up."""
+    ca = host_ca_bundle()
+    parts = [BASE_DOCKERFILE, host_pip_conf(), ca.read_text() if ca else ""]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _labels(client, tag: str) -> dict[str, str]:
+    return client.images.get(tag).attrs.get("Config", {}).get("Labels") or {}
 
 
 def _image_exists(client, tag: str) -> bool:
@@ -345,7 +359,7 @@ def _build_base(client, root: str, tag: str, log: Log) -> None:
         else:  # no custom CA: the system bundle of the root image is the right one
             (ctx / "host-ca.crt").write_text("")
         (ctx / "pip.conf").write_text(host_pip_conf())
-        dockerfile = BASE_DOCKERFILE.format(root=root)
+        dockerfile = BASE_DOCKERFILE.format(root=root, recipe=base_recipe())
         if not ca:
             dockerfile = dockerfile.replace("/usr/local/share/ca-certificates/forager-host-ca.crt", "/etc/ssl/certs/ca-certificates.crt")
         (ctx / "Dockerfile").write_text(dockerfile)
@@ -359,6 +373,8 @@ def _build_base(client, root: str, tag: str, log: Log) -> None:
 
 def base_image_state(client) -> PartState:
     tag = base_image_tag()
+    if _image_exists(client, tag) and _labels(client, tag).get("forager.base.recipe") != base_recipe():
+        return PartState(name="base_image", ok=False, detail=f"{tag} is out of date (set-up rebuilds it)")
     if _image_exists(client, tag):
         size = client.images.get(tag).attrs.get("Size", 0)
         return PartState(name="base_image", ok=True, detail=f"{tag} ({size / 1e6:.0f} MB)")
