@@ -14,6 +14,10 @@ PY=${PYTHON:-python3}
 say() { printf '\033[1;36m[forager.sh]\033[0m %s\n' "$*" >&2; }
 
 ensure_venv() {
+    # A venv whose interpreter no longer runs (moved, Python upgraded) is made again.
+    if [ -e "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        say "recreating broken virtualenv $VENV"; rm -rf "$VENV"
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
         if ! "$PY" -m venv "$VENV" 2>/dev/null; then
             # Debian's python3 ships venv separately.
