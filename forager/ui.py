@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,8 +15,48 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 console = Console(stderr=True)
 
 
+class LineProgress(Progress):
+    """Progress for a log file or a CI console: a plain line per task change, at most every few seconds.
+
+    rich draws nothing live when stderr is not a terminal, so a long job would look dead until it
+    ends; this keeps the same API and prints `description  done/total  status` lines instead.
+    """
+
+    interval = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_line: dict[Any, tuple[float, str]] = {}
+
+    def update(self, task_id: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().update(task_id, **kwargs)
+        self._log(task_id)
+
+    def advance(self, task_id: Any, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._log(task_id)
+
+    def _log(self, task_id: Any) -> None:
+        if self.disable:
+            return
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                return
+            total = f"/{int(task.total)}" if task.total is not None else ""
+            line = f"{task.description}  {int(task.completed)}{total}  {task.fields.get('status', '')}".rstrip()
+            now = time.monotonic()
+            last_time, last_line = self._last_line.get(task_id, (0.0, ""))
+            finished = task.total is not None and task.completed >= task.total
+            if line == last_line or (now - last_time < self.interval and not finished):
+                return
+            self._last_line[task_id] = (now, line)
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {line}", markup=False, highlight=False)
+
+
 def progress(disable: bool = False) -> Progress:
-    return Progress(
+    cls = Progress if console.is_terminal else LineProgress
+    return cls(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
