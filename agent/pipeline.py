@@ -24,7 +24,7 @@ DEFAULT_LIST = Path(__file__).resolve().parent.parent / "examples" / "repos.txt"
 @dataclass
 class RunOptions:
     repos: Path = DEFAULT_LIST
-    max_repos: int | None = 10
+    max_repos: int | None = None
     tasks_per_repo: int = 3
     max_candidates: int = 30
     attempts: int = 1

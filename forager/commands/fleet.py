@@ -222,7 +222,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         repos: Path = typer.Argument(None, help="repository list [default: the bundled examples/repos.txt]"),
-        max_repos: int = typer.Option(10, "--max-repos", min=1, help="only the first N entries of the list"),
+        max_repos: int | None = typer.Option(None, "--max-repos", min=1, help="only the first N entries of the list (default: all)"),
         tasks_per_repo: int = typer.Option(3, "--tasks-per-repo", min=1, help="mutate-fix tasks per repository"),
         max_candidates: int = typer.Option(30, "--max-candidates", min=1, help="mutations tried per repository"),
         attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
