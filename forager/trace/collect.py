@@ -20,6 +20,7 @@ from pathlib import Path
 import docker
 
 from forager.models import ImageRecord
+from forager.tasks.sandbox import RepoContainer
 from forager.trace import tracer as tracer_module
 from forager.trace.models import Trace, TraceRunSummary, trace_id
 
@@ -51,35 +52,18 @@ def _env_args(limits: dict) -> dict[str, str]:
 
 
 class _Box:
-    """A network-less container of `image`, removed on exit."""
+    """A network-less container of `image`, removed on exit (the synthesis sandbox, labelled as a trace)."""
 
     def __init__(self, client: docker.DockerClient, image: str, workdir: str):
         self.workdir = workdir
-        self.container = client.containers.run(
-            image,
-            command=["sleep", "infinity"],
-            detach=True,
-            network_mode="none",
-            init=True,
-            mem_limit="4g",
-            pids_limit=2048,
-            working_dir=workdir,
-            labels={
-                "forager.kind": "trace",
-                "forager.expires": str(int(time.time()) + 6 * 3600),
-                "forager.test_run": os.environ.get("FORAGER_TEST_RUN", ""),
-            },
-            environment={"PYTHONDONTWRITEBYTECODE": "1"},
-        )
+        self._sandbox = RepoContainer(client, image, workdir, label="trace")
+        self.container = self._sandbox.container
 
     def __enter__(self) -> "_Box":
         return self
 
     def __exit__(self, *exc) -> None:
-        try:
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        self._sandbox.close()
 
     def put(self, directory: str, files: dict[str, bytes]) -> None:
         self.container.exec_run(["mkdir", "-p", directory])
