@@ -20,7 +20,8 @@ import re
 import shlex
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class SynthReport:
     skipped: int = 0  # candidates already decided by an earlier run
     verdicts: dict[str, int] = field(default_factory=dict)
     functions: int = 0  # covered functions mutated
-    candidates: int = 0  # mutations generated for them (the budget takes the first max_candidates)
+    candidates: int = 0  # mutations drawn from them (generated lazily, up to the budget)
     baseline_seconds: float = 0.0
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time used inside the synthesis container
@@ -114,10 +115,8 @@ def run_synthesis(
         if not passing:
             raise SynthesisError(f"{record.repo}: no test passes in the image")
         test_files = _test_files(box, baseline_outcomes)
-        candidates = _candidates(box, covering, passing, test_files, seed)
-        report.functions = len({(c.file, c.function) for c, _ in candidates})
-        report.candidates = len(candidates)
-        budget = min(max_candidates, len(candidates))
+        report.functions, candidates = _candidates(box, covering, passing, test_files, seed)
+        budget = max_candidates
         loop_started = time.monotonic()  # the time budget is for validating candidates, after the baseline
         originals: dict[str, str] = {}
         mode: dict[str, bool] = {}
@@ -127,6 +126,7 @@ def run_synthesis(
             if time_budget and time.monotonic() - loop_started > time_budget:
                 report.out_of_time = True
                 break
+            report.candidates += 1
             original = originals.setdefault(cand.file, box.read_bytes(cand.file).decode())
             key = cand.key(original)
             if key in done:
@@ -186,8 +186,13 @@ def _test_files(box: RepoContainer, outcomes: dict[str, str]) -> list[str]:
     return sorted(files)
 
 
-def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidate, list[str]]]:
-    """Mutations of covered source functions, round-robin across functions (seeded shuffle)."""
+def _candidates(box, covering, passing, test_files, seed) -> tuple[int, Iterator[tuple[Candidate, list[str]]]]:
+    """(covered functions, their mutations round-robin across functions in a seeded order).
+
+    A function's mutations are generated only when the round-robin first reaches it: generating
+    every covered function's mutations up front took minutes on a large repo (boltons), for a
+    budget that draws a few dozen.
+    """
     rng = random.Random(seed)
     tests_set = set(test_files)
     by_file: dict[str, list[str]] = {}
@@ -196,7 +201,7 @@ def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidat
         if path in tests_set or is_test_path(path) or "<" in qualname or path.startswith(("setup.py", "docs/")):
             continue
         by_file.setdefault(path, []).append(qualname)
-    per_function: list[list[tuple[Candidate, list[str]]]] = []
+    entries: list[tuple[str, str, str, list[str]]] = []
     for path, names in sorted(by_file.items()):
         try:
             source = box.read_bytes(path).decode()
@@ -207,17 +212,26 @@ def _candidates(box, covering, passing, test_files, seed) -> list[tuple[Candidat
             if name not in known:
                 continue
             tests = sorted(t for t in covering[f"{path}::{name}"] if t in passing) or sorted(covering[f"{path}::{name}"])
-            cands = _interleave_operators(mutate_function(path, source, name), rng)
-            if cands:
-                per_function.append([(c, tests) for c in cands])
-    rng.shuffle(per_function)
-    ordered: list[tuple[Candidate, list[str]]] = []
-    while per_function:
-        for group in list(per_function):
-            ordered.append(group.pop(0))
-            if not group:
-                per_function.remove(group)
-    return ordered
+            entries.append((path, source, name, tests))
+    rng.shuffle(entries)
+    return len(entries), _round_robin(entries, rng)
+
+
+def _round_robin(entries, rng: random.Random) -> Iterator[tuple[Candidate, list[str]]]:
+    """One mutation per function per round, in the entries' order; later rounds take each function's next one."""
+    rounds: deque[tuple[Iterator[Candidate], list[str]]] = deque()
+    for path, source, name, tests in entries:  # first round: generate lazily, function by function
+        cands = iter(_interleave_operators(mutate_function(path, source, name), rng))
+        first = next(cands, None)
+        if first is not None:
+            yield first, tests
+            rounds.append((cands, tests))
+    while rounds:
+        cands, tests = rounds.popleft()
+        nxt = next(cands, None)
+        if nxt is not None:
+            yield nxt, tests
+            rounds.append((cands, tests))
 
 
 def _interleave_operators(cands: list[Candidate], rng: random.Random) -> list[Candidate]:
