@@ -120,10 +120,13 @@ def enqueue_many(
             conn.sadd(collection_key(collection, "jobs"), spec.job_id)
             conn.sadd(f"{KEY_PREFIX}:collections", collection)
         state = job_state(conn, spec.job_id)
-        if state in TAKEN:
+        stored = done(spec) if done is not None and state not in TAKEN - {"finished"} else None
+        # A finished job whose output is not in the caller's store (another FORAGER_HOME on the same
+        # Redis) is work still to do here; queued or running ids are never doubled.
+        if state in TAKEN and not (state == "finished" and stored is False):
             outcome[spec.job_id] = state
             continue
-        if done is not None and done(spec):
+        if stored:
             outcome[spec.job_id] = "exists"
             continue
         if state is not None:  # failed / stopped / canceled: start over with fresh retries

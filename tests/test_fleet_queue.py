@@ -54,6 +54,21 @@ def test_done_callback_skips_stored_work(conn, queue_name, tmp_path):
     assert Queue(queue_name, connection=conn).count == 2
 
 
+def test_finished_job_missing_from_this_store_runs_again(conn, queue_name, tmp_path):
+    """Two FORAGER_HOMEs on one Redis: a job finished for the other home is still work for this one."""
+    from rq import SimpleWorker
+
+    spec = JobSpec(MARK, {"log": str(tmp_path / "log"), "token": "only"}, f"job-{queue_name}-home")
+    assert enqueue_many([spec], conn=conn, queue_name=queue_name) == {spec.job_id: "enqueued"}
+    SimpleWorker([Queue(queue_name, connection=conn)], connection=conn).work(burst=True)
+    assert job_state(conn, spec.job_id) == "finished"
+    # stored here: nothing to do; not stored here: enqueued again, once
+    assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: True) == {spec.job_id: "finished"}
+    assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: False) == {spec.job_id: "enqueued"}
+    assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: False) == {spec.job_id: "queued"}
+    assert Queue(queue_name, connection=conn).count == 1
+
+
 def test_bad_job_id_is_a_clear_error_and_records_nothing(conn, queue_name):
     with pytest.raises(ValueError, match="letters, numbers"):
         enqueue(MARK, {}, "bad id: spaces", conn=conn, queue_name=queue_name, collection=queue_name)
