@@ -90,7 +90,8 @@ def apt_install(packages: list[str], log: Log) -> None:
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         _apt_updated = True
     log(f"apt-get install {' '.join(packages)}")
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env)
+    # With recommends: this is the install verified on a fresh Debian 12 machine (docker.io + its helpers).
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env)
 
 
 # ---------------------------------------------------------------- docker
