@@ -30,6 +30,7 @@ class RunOptions:
     attempts: int = 1
     workers: int = 2
     jobs: int = 2  # concurrent image builds
+    synth_workers: int | None = None  # sandboxes per repo validating candidates (default: CPUs, at most 4)
     max_turns: int = 30
     episode_timeout: int = 1800
     policy: str | None = None  # default: openai if a model endpoint is configured, else oracle
@@ -150,6 +151,7 @@ def synthesize_all(records, settings: Settings, opts: RunOptions, bar, report: R
         t = bar.add_task(f"  {rec.repo}", total=opts.max_candidates, status="probing tests")
         try:
             rep = run_synthesis(rec, settings, max_tasks=opts.tasks_per_repo, max_candidates=opts.max_candidates,
+                                workers=opts.synth_workers,
                                 on_progress=lambda d, n, s, t=t: bar.update(t, completed=d, total=n, status=s))
             mine = rep.tasks[: opts.tasks_per_repo]
             tasks.extend(mine)

@@ -4,8 +4,9 @@ For every ok image of the list (built by the builder if the catalog lacks it):
   1. synthesize up to --max-tasks validated tasks (fresh FORAGER_HOME unless --home): tasks per repo,
      per CPU-minute (the synthesis container's own CPU time) and per wall-minute, and the share of
      candidate mutations that validate;
-  2. baseline, same run: on the first repo, the same candidates validated WITHOUT the fast reject
-     (the full suite for every candidate) → seconds per candidate, and the speed-up of ours;
+  2. baselines, same run: on the repo with the quickest suite, the same candidates validated by one
+     sandbox running the full suite for every candidate (the plain method), by one sandbox with the
+     adaptive fast reject, and by --workers sandboxes in parallel → seconds per candidate and speed-ups;
   3. the oracle's solve rate: oracle episodes through a real env server on up to --oracle-per-repo
      tasks per repo (target 100%).
 Target: >= 20 validated tasks for each of >= 80% of the ok repos. The last line is one JSON object
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from forager.config import Settings  # noqa: E402
-from forager.tasks.synth import SynthesisError, run_synthesis  # noqa: E402
+from forager.tasks.synth import SynthesisError, default_workers, run_synthesis  # noqa: E402
 
 
 def free_port() -> int:
@@ -55,7 +56,10 @@ def ok_images(list_path: Path, settings: Settings) -> tuple[list, int]:
     missing = [s for s in specs if s.name not in catalog]
     if missing:
         print(f"building {len(missing)} repos with the builder (catalog: {settings.catalog_path})", file=sys.stderr)
-        build_list(missing, settings, jobs=1)
+        from forager.ui import progress
+
+        with progress() as bar:
+            build_list(missing, settings, jobs=1, progress=bar)
         catalog = {r.repo: r for r in ok_records(settings.catalog_path)}
     return [catalog[s.name] for s in specs if s.name in catalog], len(specs)
 
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--max-tasks", type=int, default=20)
     ap.add_argument("--max-candidates", type=int, default=200)
     ap.add_argument("--baseline-candidates", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=None, help="sandboxes per repo (default: CPUs, at most 4)")
     ap.add_argument("--oracle-per-repo", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--time-budget", type=float, default=300, help="seconds of synthesis per repo")
@@ -111,10 +116,16 @@ def main() -> None:
         records = [r for r in records if (r.test_seconds or 0) <= args.max_suite_seconds]
         for s in skipped_slow:
             print(f"  {s['repo']}: skipped, suite takes {s['suite_seconds']} s (> --max-suite-seconds)")
+    from forager.ui import progress
+
     for rec in records:
         try:
-            rep = run_synthesis(rec, settings, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
-                                timeout=args.timeout, time_budget=args.time_budget, client=client)
+            with progress() as bar:  # on stderr: stdout keeps one result line per repo
+                t = bar.add_task(rec.repo, total=args.max_candidates, status="probing tests")
+                rep = run_synthesis(rec, settings, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
+                                    timeout=args.timeout, time_budget=args.time_budget, workers=args.workers,
+                                    client=client,
+                                    on_progress=lambda d, n, st: bar.update(t, completed=d, total=n, status=st))
         except SynthesisError as exc:
             print(f"  {rec.repo}: synthesis failed: {exc}")
             per_repo.append({"repo": rec.repo, "tasks": 0, "error": str(exc)[:300]})
@@ -127,28 +138,31 @@ def main() -> None:
                "verdicts": rep.verdicts, "wall_seconds": round(rep.seconds, 1), "cpu_seconds": round(rep.cpu_seconds, 1),
                "tasks_per_cpu_minute": round(rep.new_tasks / cpu_min, 2) if rep.cpu_seconds else None,
                "tasks_per_wall_minute": round(rep.new_tasks / (rep.seconds / 60), 2) if rep.tried else None,
-               "suite_seconds": round(rep.baseline_seconds, 2), "out_of_time": rep.out_of_time}
+               "suite_seconds": round(rep.baseline_seconds, 2), "out_of_time": rep.out_of_time,
+               "fast_runs": rep.fast_runs, "fast_rejects": rep.fast_rejects}
         per_repo.append(row)
         print(f"  {rec.repo}: {row['tasks']} tasks from {row['tried']} candidates "
               f"({row['validate_share']:.0%} validate), {row['tasks_per_cpu_minute']} tasks/CPU-min, "
               f"{row['wall_seconds']} s wall")
 
-    # baseline: the first repo's candidates again, full suite for each (no fast reject), fresh task dir
+    # baselines: the same candidates of the quickest repo, validated three ways, each in a fresh task dir
     baseline = {}
-    # on the repo with the quickest suite: the comparison is per candidate, so the cheapest repo shows it
     first = min(records, key=lambda r: r.test_seconds or float("inf")) if records else None
     if first is not None:
         n = args.baseline_candidates
+        workers = args.workers or default_workers()
         timed = {}
-        for label, fast in (("fast_reject", True), ("full_suite_only", False)):
+        for label, fast, w in (("serial_full_suite", False, 1), ("serial_fast_reject", True, 1),
+                               (f"parallel_{workers}_sandboxes", True, workers)):
             tmp = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix=f"tasks-bench-{label}-"))})
-            rep = run_synthesis(first, tmp, max_tasks=10**6, max_candidates=n, fast_reject=fast, client=client)
-            timed[label] = {"tried": rep.tried, "tasks": rep.verdicts.get("task", 0),
+            rep = run_synthesis(first, tmp, max_tasks=10**6, max_candidates=n, fast_reject=fast, workers=w, client=client)
+            timed[label] = {"tried": rep.tried, "tasks": rep.verdicts.get("task", 0), "fast_runs": rep.fast_runs,
                             "seconds_per_candidate": round((rep.seconds - rep.baseline_seconds) / max(rep.tried, 1), 3)}
-        speedup = timed["full_suite_only"]["seconds_per_candidate"] / max(timed["fast_reject"]["seconds_per_candidate"], 1e-9)
-        baseline = {"repo": first.repo, **timed, "speedup": round(speedup, 2)}
-        print(f"baseline on {first.repo}: {timed['fast_reject']['seconds_per_candidate']} s/candidate with fast reject vs "
-              f"{timed['full_suite_only']['seconds_per_candidate']} s full-suite only → {speedup:.2f}x")
+        plain = timed["serial_full_suite"]["seconds_per_candidate"]
+        speedups = {label: round(plain / max(t["seconds_per_candidate"], 1e-9), 2) for label, t in timed.items()}
+        baseline = {"repo": first.repo, **timed, "speedup_vs_serial_full_suite": speedups}
+        print(f"baseline on {first.repo} ({n} candidates each): " + "; ".join(
+            f"{label} {t['seconds_per_candidate']} s/candidate ({speedups[label]:.2f}x)" for label, t in timed.items()))
 
     # oracle solve rate through a real env server
     from envserver.client import EnvClient

@@ -105,11 +105,11 @@ class Synthesized:
 
 @pytest.fixture(scope="session")
 def synthesized(tiny_repo_image, tmp_path_factory):
-    """Mutate-fix tasks synthesized from the builder's tiny repo image, in a session FORAGER_HOME."""
+    """Mutate-fix tasks synthesized from the builder's tiny repo image, in a session FORAGER_HOME (two sandboxes)."""
     from forager.config import Settings
     from forager.tasks.synth import run_synthesis
 
     home = tmp_path_factory.mktemp("tasks-home")
     settings = Settings.from_env().model_copy(update={"home": home})
-    report = run_synthesis(tiny_repo_image, settings, max_tasks=6, max_candidates=40, seed=1)
+    report = run_synthesis(tiny_repo_image, settings, max_tasks=6, max_candidates=40, seed=1, workers=2)
     return Synthesized(tiny_repo_image, settings, report)

@@ -141,3 +141,25 @@ def test_narrow_command_replaces_paths_with_node_ids():
     assert narrow_command("python -m pytest -k 'not slow' -p no:cacheprovider tests", ids[:1]) == \
         "python -m pytest -k 'not slow' -p no:cacheprovider tests/a.py::t1"
     assert narrow_command("tox -e py && pytest", ids) is None and narrow_command("make test", ids) is None
+
+
+def test_fast_reject_runs_only_while_it_pays():
+    """The covering-tests-first run is kept where it rejects often enough to save full suites, dropped where not."""
+    from forager.tasks.synth import FastReject
+
+    useless = FastReject(warmup=5, recheck=10)
+    for _ in range(5):  # warm-up: always tried, measured
+        assert useless.wanted()
+        useless.record_fast(1.0, rejected=False)
+        useless.record_full(2.0)
+    assert not useless.pays()
+    decisions = [useless.wanted() for _ in range(30)]
+    assert decisions.count(True) == 3 and decisions[9] and not decisions[0]  # every 10th candidate re-measures
+
+    useful = FastReject(warmup=5)
+    for i in range(5):
+        useful.record_fast(0.5, rejected=i < 4)  # 80% rejected, each saving a 5 s suite for 0.5 s
+        useful.record_full(5.0)
+    assert useful.pays() and all(useful.wanted() for _ in range(20))
+
+    assert not FastReject(enabled=False).wanted()

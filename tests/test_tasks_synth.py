@@ -50,7 +50,8 @@ def test_rerun_resumes_and_skips_decided_candidates(synthesized, tmp_path):
     shutil.copytree(synthesized.settings.tasks_dir, settings.tasks_dir)
     again = run_synthesis(synthesized.record, settings, max_tasks=6, max_candidates=40, seed=1)
     assert again.tried == 0 and [t.id for t in again.tasks] == [t.id for t in synthesized.tasks]
-    more = run_synthesis(synthesized.record, settings, max_tasks=7, max_candidates=rep.tried + 2, seed=1)
+    # one sandbox now, two before: candidates are drawn in the same order, so the skips line up exactly
+    more = run_synthesis(synthesized.record, settings, max_tasks=7, max_candidates=rep.tried + 2, seed=1, workers=1)
     assert more.skipped == rep.tried  # every candidate decided before is skipped, not re-validated
     assert more.tried <= 2 and len(more.tasks) >= 6
     assert len(load_tasks(settings.tasks_dir)) == len(more.tasks)
@@ -116,3 +117,29 @@ def test_cli_tasks_list_export_dedupe_and_synth_resume(synthesized, images_home,
     assert res.exit_code == 1
     res = runner.invoke(app, ["dedupe", "--dry-run", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout.strip().splitlines()[-1])["dropped"] == 0
+
+
+def test_a_sandbox_killed_mid_run_ends_synthesis_with_an_error_and_keeps_what_was_made(synthesized, docker_client,
+                                                                                   tmp_path):
+    """Parallel sandboxes: one dies → the others stop drawing, the error surfaces, nothing hangs or leaks."""
+    import os
+
+    import pytest
+
+    settings = synthesized.settings.model_copy(update={"home": tmp_path})
+    filters = {"label": ["forager.kind=synth", f"forager.test_run={os.environ['FORAGER_TEST_RUN']}"],
+               "ancestor": synthesized.record.tag}
+    made = []
+
+    def kill_one(done, budget, status):
+        made.append(done)
+        if done == 1:
+            docker_client.containers.list(filters=filters)[0].kill()
+
+    with pytest.raises(docker.errors.DockerException):
+        run_synthesis(synthesized.record, settings, max_tasks=20, max_candidates=40, seed=2, workers=2,
+                      on_progress=kill_one)
+    assert made and made[0] == 1
+    decided = (settings.tasks_dir / f"{synthesized.record.repo}.candidates.jsonl").read_text().splitlines()
+    assert len(decided) == len(made)  # every verdict reported before the failure is on disk
+    assert docker_client.containers.list(all=True, filters=filters) == []

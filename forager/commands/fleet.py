@@ -229,6 +229,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", "-w", min=0,
                                     help="worker processes to start if none listen on the queue (0: use existing)"),
         jobs: int = typer.Option(2, "-j", "--jobs", min=1, help="concurrent image builds"),
+        synth_workers: int | None = typer.Option(None, "--synth-workers", min=1,
+                                                 help="sandboxes per repo validating mutations in parallel (default: CPUs, at most 4)"),
         policy: str | None = typer.Option(None, "--policy", "-p",
                                           help="oracle | openai [default: openai if FORAGER_MODEL_BASE_URL is set]"),
         model: str | None = typer.Option(None, "--model", help="model for the openai policy (default FORAGER_MODEL)"),
@@ -250,7 +252,7 @@ def register(app: typer.Typer) -> None:
         if policy not in (None, "oracle", "openai"):
             _fail(f"unknown policy {policy!r}: use oracle or openai", json_out)
         opts = RunOptions(repos=repos, max_repos=max_repos, tasks_per_repo=tasks_per_repo, max_candidates=max_candidates,
-                          attempts=attempts, workers=workers, jobs=jobs, max_turns=max_turns,
+                          attempts=attempts, workers=workers, jobs=jobs, synth_workers=synth_workers, max_turns=max_turns,
                           episode_timeout=episode_timeout, policy=policy, model=model)
         started = time.monotonic()
 

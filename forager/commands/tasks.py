@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
         timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run (default: 5x the suite)"),
         time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds of candidate validation per repo (after the baseline run)"),
         seed: int = typer.Option(0, "--seed"),
+        workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                           help="sandboxes validating candidates in parallel per repo (default: CPUs, at most 4)"),
         show_tests: bool = typer.Option(False, "--show-tests", help="name the failing tests in problem statements"),
         json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
     ) -> None:
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     rep = run_synthesis(rec, settings, max_tasks=max_tasks, max_candidates=max_candidates,
                                         timeout=timeout, seed=seed, hide_tests=not show_tests, client=client,
-                                        time_budget=time_budget,
+                                        time_budget=time_budget, workers=workers,
                                         on_progress=lambda d, n, s, t=t: bar.update(t, completed=d, total=n, status=s))
                     results.append({"repo": rec.repo, "image": rec.tag, "ok": True, "tasks": len(rep.tasks),
                                     "new_tasks": rep.new_tasks, "tried": rep.tried, "skipped": rep.skipped,

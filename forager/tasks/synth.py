@@ -4,8 +4,8 @@ Pipeline, all inside ONE long-lived network-less container of the image:
 1. run the suite once under a profiler (probe.py) → which functions each passing test calls;
 2. for covered functions, generate single AST mutations (mutations.py), interleaved across
    functions so a small budget still spreads over the repo;
-3. per candidate: write the mutated file, run only the covering tests (fast reject), then the
-   full suite for survivors, restore the file. Keep it if some passing tests now fail (F2P) and
+3. per candidate: write the mutated file, run only the covering tests (fast reject, while the
+   measured figures say it pays), then the full suite for survivors, restore the file. Keep it if some passing tests now fail (F2P) and
    the rest still pass (P2P); a hang is dropped by the timeout.
 Every verdict is logged, so a rerun skips what was already tried.
 """
@@ -15,13 +15,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import random
 import re
 import shlex
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +61,55 @@ class SynthReport:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # CPU time used inside the synthesis container
     out_of_time: bool = False  # stopped by time_budget before max_tasks / max_candidates
+    fast_runs: int = 0  # candidates that ran their covering tests first
+    fast_rejects: int = 0  # ... and were rejected by them, without the full suite
+
+
+@dataclass
+class FastReject:
+    """Whether to run a candidate's covering tests before the full suite, decided from what it costs here.
+
+    A fast run costs its seconds on every candidate and saves a full suite on each candidate it
+    rejects, so it pays only while reject rate x full-suite seconds > fast-run seconds. On a well
+    tested repo most mutations break some test (86% on the default list), and there the fast run
+    was pure overhead (0.74x on six). After `warmup` fast runs the measured figures decide; while it
+    is off, every `recheck`-th candidate still takes a fast run so the figures stay current.
+    """
+
+    enabled: bool = True
+    narrow: bool | None = None  # naming covering tests on the command line works here (None: not tried yet)
+    warmup: int = 5
+    recheck: int = 10
+    fast_runs: int = 0
+    rejects: int = 0
+    fast_seconds: float = 0.0
+    full_runs: int = 0
+    full_seconds: float = 0.0
+    _skipped: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def wanted(self) -> bool:
+        if not self.enabled:
+            return False
+        if self.fast_runs < self.warmup or not self.full_runs or self.pays():
+            return True
+        self._skipped += 1
+        return self._skipped % self.recheck == 0
+
+    def pays(self) -> bool:
+        saved = self.rejects / self.fast_runs * (self.full_seconds / self.full_runs)
+        return saved > self.fast_seconds / self.fast_runs
+
+    def record_fast(self, seconds: float, rejected: bool) -> None:
+        with self._lock:  # sandboxes validate in parallel threads
+            self.fast_runs += 1
+            self.fast_seconds += seconds
+            self.rejects += rejected
+
+    def record_full(self, seconds: float) -> None:
+        with self._lock:
+            self.full_runs += 1
+            self.full_seconds += seconds
 
 
 def is_test_path(path: str) -> bool:
@@ -84,6 +137,7 @@ def run_synthesis(
     hide_tests: bool = True,
     fast_reject: bool = True,
     time_budget: float | None = None,
+    workers: int | None = None,
     client: docker.DockerClient | None = None,
     on_progress: Progress | None = None,
 ) -> SynthReport:
@@ -102,9 +156,11 @@ def run_synthesis(
     done = _decided(log_path, record.tag)
     task_patches = {_digest(t.setup_patch) for t in existing}
     client = client or docker.from_env(timeout=600)
-    with RepoContainer(client, record.tag, record.workdir) as box:
-        box.sh(f"mkdir -p {PROBE_DIR}")
-        box.write(f"{PROBE_DIR}/forager_probe.py", (Path(__file__).parent / "probe.py").read_text())
+    workers = max(1, workers or default_workers())
+    gate = FastReject(enabled=fast_reject)
+    with ExitStack() as stack:
+        box = stack.enter_context(RepoContainer(client, record.tag, record.workdir))
+        _install_probe(box)
         baseline, covering = _baseline(box, record, timeout)
         report.baseline_seconds = baseline.seconds
         timeout = timeout or max(30.0, 5 * baseline.seconds)
@@ -116,46 +172,123 @@ def run_synthesis(
             raise SynthesisError(f"{record.repo}: no test passes in the image")
         test_files = _test_files(box, baseline_outcomes)
         report.functions, candidates = _candidates(box, covering, passing, test_files, seed)
-        budget = max_candidates
-        loop_started = time.monotonic()  # the time budget is for validating candidates, after the baseline
-        originals: dict[str, str] = {}
-        mode: dict[str, bool] = {}
-        for cand, tests in candidates:
-            if len(report.tasks) >= max_tasks or report.tried >= budget:
-                break
-            if time_budget and time.monotonic() - loop_started > time_budget:
-                report.out_of_time = True
-                break
-            report.candidates += 1
-            original = originals.setdefault(cand.file, box.read_bytes(cand.file).decode())
-            key = cand.key(original)
-            if key in done:
-                report.skipped += 1
-                continue
-            setup_patch = cand.diff(original)
-            if _digest(setup_patch) in task_patches:  # same edit reached from another function
-                done.add(key)
-                continue
-            verdict, task = _validate(box, record, cand, original, tests if fast_reject else [], passing, timeout,
-                                      test_files, hide_tests, mode)
-            report.tried += 1
-            report.verdicts[verdict] = report.verdicts.get(verdict, 0) + 1
-            done.add(key)
-            if task is not None:
-                append_tasks(out_path, [task])
-                report.tasks.append(task)
-                report.new_tasks += 1
-                task_patches.add(_digest(task.setup_patch))
-            append_jsonl(log_path, [{"image": record.tag, "key": key, "verdict": verdict,
-                                     "task_id": task.id if task else None}])
-            if on_progress:
-                on_progress(report.tried, budget, f"{len(report.tasks)} tasks")
-        for path, text in originals.items():  # every mutated file must be back as it was
-            if box.read_bytes(path).decode() != text:
-                raise SynthesisError(f"{record.repo}: {path} was not restored after synthesis")
-        report.cpu_seconds = box.cpu_seconds()
+        boxes = [box]
+        for _ in range(workers - 1):  # more sandboxes of the same image: candidates are independent
+            boxes.append(stack.enter_context(RepoContainer(client, record.tag, record.workdir)))
+            _install_probe(boxes[-1])
+        draw = _Draw(candidates, box, report, done, task_patches, max_tasks, max_candidates, time_budget)
+
+        def work(sandbox: RepoContainer) -> None:
+            while (job := draw.next()) is not None:
+                cand, tests, original, key = job
+                try:
+                    verdict, task = _validate(sandbox, record, cand, original, tests, passing, timeout, test_files,
+                                              hide_tests, gate)
+                    with draw.lock:
+                        if task is not None and _digest(task.setup_patch) in task_patches:
+                            verdict, task = "duplicate", None  # the same edit validated in another sandbox meanwhile
+                        report.tried += 1
+                        report.verdicts[verdict] = report.verdicts.get(verdict, 0) + 1
+                        if task is not None:
+                            append_tasks(out_path, [task])
+                            report.tasks.append(task)
+                            report.new_tasks += 1
+                            task_patches.add(_digest(task.setup_patch))
+                        append_jsonl(log_path, [{"image": record.tag, "key": key, "verdict": verdict,
+                                                 "task_id": task.id if task else None}])
+                        if on_progress:
+                            on_progress(report.tried, max_candidates, f"{len(report.tasks)} tasks")
+                except BaseException:
+                    draw.abort()  # the other sandboxes stop drawing; the error surfaces from run_synthesis
+                    raise
+                draw.finished()
+
+        with ThreadPoolExecutor(len(boxes), thread_name_prefix=f"synth-{record.repo}") as pool:
+            for future in [pool.submit(work, b) for b in boxes]:
+                future.result()
+        for sandbox in boxes:  # every mutated file must be back as it was, in every sandbox
+            for path, text in draw.originals.items():
+                if sandbox.read_bytes(path).decode() != text:
+                    raise SynthesisError(f"{record.repo}: {path} was not restored after synthesis")
+        report.cpu_seconds = sum(b.cpu_seconds() for b in boxes)
+    report.fast_runs, report.fast_rejects = gate.fast_runs, gate.rejects
     report.seconds = time.monotonic() - started
     return report
+
+
+def default_workers() -> int:
+    """One sandbox per CPU (pytest runs on one core), at most 4: past that the draw and Docker dominate."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _Draw:
+    """Hands candidates to the sandboxes one at a time, under the stop rules, without overshooting.
+
+    A candidate is drawn only while tasks + candidates in flight < max_tasks (so a run ends with exactly
+    max_tasks when enough validate); a sandbox that hits that cap waits for the ones in flight, since
+    a rejected one frees the slot again.
+    """
+
+    def __init__(self, candidates, box, report, done, task_patches, max_tasks, budget, time_budget):
+        self.candidates, self.box, self.report = candidates, box, report
+        self.done, self.task_patches = done, task_patches
+        self.max_tasks, self.budget, self.time_budget = max_tasks, budget, time_budget
+        self.started = time.monotonic()  # the time budget is for validating candidates, after the baseline
+        self.originals: dict[str, str] = {}
+        self.in_flight = 0
+        self.stopped = False
+        self.lock = threading.Lock()
+        self._slot_freed = threading.Condition(self.lock)
+
+    def next(self):
+        """(candidate, covering tests, original file text, key), or None when the run is over."""
+        report = self.report
+        with self.lock:
+            while True:
+                if self.stopped or report.tried + self.in_flight >= self.budget:
+                    return None
+                if self.time_budget and time.monotonic() - self.started > self.time_budget:
+                    report.out_of_time = True
+                    return None
+                if len(report.tasks) + self.in_flight >= self.max_tasks:
+                    if not self.in_flight or len(report.tasks) >= self.max_tasks:
+                        return None
+                    self._slot_freed.wait()
+                    continue
+                item = next(self.candidates, None)
+                if item is None:
+                    self.stopped = True
+                    return None
+                cand, tests = item
+                report.candidates += 1
+                if cand.file not in self.originals:
+                    self.originals[cand.file] = self.box.read_bytes(cand.file).decode()
+                original = self.originals[cand.file]
+                key = cand.key(original)
+                if key in self.done:
+                    report.skipped += 1
+                    continue
+                self.done.add(key)
+                if _digest(cand.diff(original)) in self.task_patches:  # same edit reached from another function
+                    continue
+                self.in_flight += 1
+                return cand, tests, original, key
+
+    def finished(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self._slot_freed.notify_all()
+
+    def abort(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.in_flight -= 1
+            self._slot_freed.notify_all()
+
+
+def _install_probe(box: RepoContainer) -> None:
+    box.sh(f"mkdir -p {PROBE_DIR}")
+    box.write(f"{PROBE_DIR}/forager_probe.py", (Path(__file__).parent / "probe.py").read_text())
 
 
 # ---------------------------------------------------------------- steps
@@ -252,25 +385,26 @@ def _interleave_operators(cands: list[Candidate], rng: random.Random) -> list[Ca
     return out
 
 
-def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests, mode=None):
-    """(verdict, task or None): the fast run of covering tests, then the full suite, file always restored.
-
-    `mode` remembers across candidates whether naming the covering tests on the command line works
-    for this repo ({"narrow": True/False}); when it does not, the probe plugin selects them instead.
-    """
-    mode = mode if mode is not None else {}
+def _validate(box, record, cand, original, tests, passing, timeout, test_files, hide_tests, gate=None):
+    """(verdict, task or None): maybe a fast run of the covering tests, then the full suite; file always restored."""
+    gate = gate if gate is not None else FastReject(enabled=bool(tests))
     box.write(cand.file, cand.source)
     try:
-        # fast reject on the covering tests, unless they are most of the suite anyway (or disabled: tests=[])
-        if tests and len(tests) * 2 < len(passing):
-            fast_out, timed_out = _fast_run(box, record, tests, passing, timeout, mode)
+        # fast reject on the covering tests, unless they are most of the suite anyway or it does not pay here
+        if tests and len(tests) * 2 < len(passing) and gate.wanted():
+            started = time.monotonic()
+            fast_out, timed_out = _fast_run(box, record, tests, passing, timeout, gate)
             if timed_out:
                 return "timeout", None
-            if fast_out is not None and not any(o in ("failed", "error") for t, o in fast_out.items() if t in passing):
+            rejected = fast_out is not None and not any(
+                o in ("failed", "error") for t, o in fast_out.items() if t in passing)
+            gate.record_fast(time.monotonic() - started, rejected)
+            if rejected:
                 return "no_f2p", None
         full = box.run_tests(record.test_command, timeout)
         if full.timed_out:
             return "timeout", None
+        gate.record_full(full.seconds)
         if not full.junit:
             return "no_report", None
         outcomes = parse_junit(full.junit)
@@ -287,18 +421,18 @@ def _validate(box, record, cand, original, tests, passing, timeout, test_files, 
         box.write(cand.file, original)
 
 
-def _fast_run(box, record, tests, passing, timeout, mode) -> tuple[dict[str, str] | None, bool]:
+def _fast_run(box, record, tests, passing, timeout, gate) -> tuple[dict[str, str] | None, bool]:
     """Outcomes of only the covering tests (None when the run could not be matched to test ids)."""
-    narrowed = narrow_command(record.test_command, tests) if mode.get("narrow", True) else None
+    narrowed = narrow_command(record.test_command, tests) if gate.narrow is not False else None
     if narrowed:
         run = box.run_tests(narrowed, timeout, extra_args="-x")  # collects only the named tests
         if run.timed_out:
             return None, True
         out = parse_junit(run.junit) if run.junit else {}
         if set(out) & passing:
-            mode["narrow"] = True
+            gate.narrow = True
             return out, False
-        mode["narrow"] = False  # ids did not line up (rootdir differs): select inside pytest from now on
+        gate.narrow = False  # ids did not line up (rootdir differs): select inside pytest from now on
     select = f"{PROBE_DIR}/select.txt"
     box.write(select, "\n".join(tests) + "\n")
     env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}
