@@ -164,7 +164,9 @@ def run_synthesis(
         baseline, covering = _baseline(box, record, timeout)
         report.baseline_seconds = baseline.seconds
         timeout = timeout or max(30.0, 5 * baseline.seconds)
-        baseline_outcomes = parse_junit(baseline.junit)
+        baseline_outcomes = _outcomes(baseline.junit)
+        if baseline_outcomes is None:
+            raise SynthesisError(f"{record.repo}: the test suite wrote a malformed JUnit report")
         passing = {t for t, o in baseline_outcomes.items() if o == "passed"} - set(record.flaky)
         if record.test_outcomes:
             passing &= {t for t, o in record.test_outcomes.items() if o == "passed"} or passing
@@ -405,9 +407,9 @@ def _validate(box, record, cand, original, tests, passing, timeout, test_files, 
         if full.timed_out:
             return "timeout", None
         gate.record_full(full.seconds)
-        if not full.junit:
+        outcomes = _outcomes(full.junit)
+        if outcomes is None:  # no report, or a broken one (a mutated library can garble what pytest writes)
             return "no_report", None
-        outcomes = parse_junit(full.junit)
         if any(t not in outcomes for t in passing):
             return "tests_vanished", None  # e.g. a module no longer imports: collection broke
         f2p = sorted(t for t in passing if outcomes[t] != "passed")
@@ -428,7 +430,7 @@ def _fast_run(box, record, tests, passing, timeout, gate) -> tuple[dict[str, str
         run = box.run_tests(narrowed, timeout, extra_args="-x")  # collects only the named tests
         if run.timed_out:
             return None, True
-        out = parse_junit(run.junit) if run.junit else {}
+        out = _outcomes(run.junit) or {}
         if set(out) & passing:
             gate.narrow = True
             return out, False
@@ -439,8 +441,16 @@ def _fast_run(box, record, tests, passing, timeout, gate) -> tuple[dict[str, str
     run = box.run_tests(record.test_command, timeout, env=env, extra_args="-p forager_probe -x")
     if run.timed_out:
         return None, True
-    out = parse_junit(run.junit) if run.junit else {}
+    out = _outcomes(run.junit) or {}
     return (out if set(out) & passing else None), False
+
+
+def _outcomes(junit: str) -> dict[str, str] | None:
+    """A run's test outcomes, or None when it wrote no report or one that does not parse."""
+    try:
+        return parse_junit(junit) if junit else None
+    except ValueError:
+        return None
 
 
 # pytest options whose value is the next token (so that token is not mistaken for a test path)
