@@ -109,7 +109,7 @@ def mutate_function(path: str, source: str, qualname: str) -> list[Candidate]:
     if not found:
         return []
     fn = found[0]
-    editor = _Editor(path, source, qualname, tree)
+    editor = _Editor(path, source, qualname, tree, fn)
     for op in OPERATORS:
         getattr(editor, op)(fn)
     return editor.results
@@ -119,10 +119,22 @@ def mutate_function(path: str, source: str, qualname: str) -> list[Candidate]:
 
 
 class _Editor:
-    def __init__(self, path: str, source: str, function: str, tree: ast.Module):
-        self.path, self.source, self.function, self.tree = path, source, function, tree
+    """Finds one function's mutations; each edit is checked by parsing the file and comparing ASTs.
+
+    An edit inside the function leaves the rest of the module's AST as it was, so the comparisons
+    dump only the function (found again in the new tree by its path from the module): dumping the
+    whole module three times a candidate made generation the slowest part of a candidate on six.py.
+    """
+
+    def __init__(self, path: str, source: str, function: str, tree: ast.Module, fn: ast.AST):
+        self.path, self.source, self.function, self.tree, self.fn = path, source, function, tree, fn
         self.lines = source.splitlines(keepends=True)
-        self.original_dump = ast.dump(tree)
+        self.line_starts = [0]
+        for line in self.lines:
+            self.line_starts.append(self.line_starts[-1] + len(line))
+        self.fn_dump = ast.dump(fn)
+        self.fn_ids = {id(n) for n in ast.walk(fn)}
+        self._module_dump: str | None = None
         self.results: list[Candidate] = []
         self.seen: set[str] = set()
         self.parents: dict[int, tuple[ast.AST, str, int | None]] = {}
@@ -134,13 +146,38 @@ class _Editor:
                     for i, item in enumerate(value):
                         if isinstance(item, ast.AST):
                             self.parents[id(item)] = (parent, field, i)
+        self.fn_path: list[tuple[str, int | None]] = []  # (field, index) steps from the module down to fn
+        node = fn
+        while id(node) in self.parents:
+            parent, field, index = self.parents[id(node)]
+            self.fn_path.insert(0, (field, index))
+            node = parent
+
+    def _fn_in(self, tree: ast.Module) -> ast.AST | None:
+        node: object = tree
+        for field, index in self.fn_path:
+            node = getattr(node, field, None)
+            if index is not None:
+                node = node[index] if isinstance(node, list) and index < len(node) else None
+            if node is None:
+                return None
+        return node if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+    def _changed(self, node: ast.AST, new_tree: ast.Module) -> bool:
+        """Whether new_tree differs from the original where node lives (the function, or the module)."""
+        if id(node) in self.fn_ids:
+            new_fn = self._fn_in(new_tree)
+            return new_fn is not None and ast.dump(new_fn) != self.fn_dump
+        if self._module_dump is None:  # a module-level edit (drop_import): compare everything
+            self._module_dump = ast.dump(self.tree)
+        return ast.dump(new_tree) != self._module_dump
 
     # -- text splicing
 
     def _offset(self, lineno: int, col: int) -> int:
         # ast columns are UTF-8 byte offsets
         line = self.lines[lineno - 1]
-        return sum(len(x) for x in self.lines[: lineno - 1]) + len(line.encode()[:col].decode(errors="ignore"))
+        return self.line_starts[lineno - 1] + len(line.encode()[:col].decode(errors="ignore"))
 
     def _replace_span(self, node: ast.AST, text: str) -> str:
         start = self._offset(node.lineno, node.col_offset)  # type: ignore[attr-defined]
@@ -173,14 +210,16 @@ class _Editor:
             return self._replace_lines(*span, [f"{self._indent(stmt.lineno)}pass\n"])
         return self._replace_lines(*span, [])
 
-    def _add(self, node: ast.AST, operator: str, description: str, new_source: str | None) -> None:
+    def _add(self, node: ast.AST, operator: str, description: str, new_source: str | None,
+             new_tree: ast.Module | None = None) -> None:
         if new_source is None or new_source == self.source:
             return
-        try:
-            new_tree = ast.parse(new_source)
-        except SyntaxError:
-            return
-        if ast.dump(new_tree) == self.original_dump:
+        if new_tree is None:
+            try:
+                new_tree = ast.parse(new_source)
+            except SyntaxError:
+                return
+        if not self._changed(node, new_tree):
             return
         cand = Candidate(self.path, self.function, getattr(node, "lineno", 0), operator, description, new_source)
         key = cand.key(self.source)
@@ -203,16 +242,18 @@ class _Editor:
         for variant in (text, f"({text})"):
             spliced = self._replace_span(node, variant)
             try:
-                if ast.dump(ast.parse(spliced)) == expected:
-                    self._add(node, operator, description, spliced)
-                    return
+                new_tree = ast.parse(spliced)
             except SyntaxError:
                 continue
+            new_fn = self._fn_in(new_tree)
+            if new_fn is not None and ast.dump(new_fn) == expected:
+                self._add(node, operator, description, spliced, new_tree)
+                return
 
     def _dump_with(self, node: ast.AST, new_node: ast.AST) -> str | None:
-        """ast.dump of the module with node replaced by new_node (the tree the splice must produce)."""
+        """ast.dump of the function with node (inside it) replaced by new_node: what the splice must produce."""
         where = self.parents.get(id(node))
-        if where is None:
+        if where is None or id(node) not in self.fn_ids:
             return None
         parent, field, index = where
         old = getattr(parent, field)
@@ -221,7 +262,7 @@ class _Editor:
         else:
             old[index] = new_node
         try:
-            return ast.dump(self.tree)
+            return ast.dump(self.fn)
         finally:
             if index is None:
                 setattr(parent, field, old)
