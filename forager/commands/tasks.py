@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         repos: list[str] = typer.Argument(None, help="repo names from the catalog (default: every ok image)"),
         max_tasks: int = typer.Option(20, "--max-tasks", min=1, help="target validated tasks per repo image"),
         max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="candidate mutations validated per repo"),
-        timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run (default: 5x the suite)"),
+        timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run before a candidate counts as a hang (default: 5x the suite, at least 10)"),
         time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds of candidate validation per repo (after the baseline run)"),
         seed: int = typer.Option(0, "--seed"),
         workers: int | None = typer.Option(None, "--workers", "-w", min=1,

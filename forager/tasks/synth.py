@@ -167,7 +167,7 @@ def run_synthesis(
         _install_probe(box)
         baseline, covering = _baseline(box, record, timeout)
         report.baseline_seconds = baseline.seconds
-        timeout = timeout or max(30.0, 5 * baseline.seconds)
+        timeout = timeout or hang_timeout(baseline.seconds, record.test_seconds)
         baseline_outcomes = _outcomes(baseline.junit)
         if baseline_outcomes is None:
             raise SynthesisError(f"{record.repo}: the test suite wrote a malformed JUnit report")
@@ -220,6 +220,17 @@ def run_synthesis(
     report.fast_runs, report.fast_rejects = gate.fast_runs, gate.rejects
     report.seconds = time.monotonic() - started
     return report
+
+
+def hang_timeout(profiled_seconds: float, plain_seconds: float | None) -> float:
+    """Seconds after which a candidate's test run counts as a hang.
+
+    Infinite loops are a common mutation (cachetools: 3 in 28), and each costs a whole timeout,
+    so it should be tight: 5x the suite's plain run (the builder's timing) or 2x the profiled
+    baseline (settrace slows it), at least 10 s. Too tight only drops a candidate as "timeout";
+    it can never make a wrong task.
+    """
+    return max(10.0, 5 * (plain_seconds or 0.0), 2 * profiled_seconds)
 
 
 def default_workers() -> int:
