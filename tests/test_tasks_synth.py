@@ -143,3 +143,14 @@ def test_a_sandbox_killed_mid_run_ends_synthesis_with_an_error_and_keeps_what_wa
     decided = (settings.tasks_dir / f"{synthesized.record.repo}.candidates.jsonl").read_text().splitlines()
     assert len(decided) == len(made)  # every verdict reported before the failure is on disk
     assert docker_client.containers.list(all=True, filters=filters) == []
+
+
+def test_sandbox_reads_reports_through_the_archive_and_never_a_stale_one(synthesized, docker_client):
+    rec = synthesized.record
+    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
+        first = box.run_tests(rec.test_command, 300)
+        assert parse_junit(first.junit) and first.exit_code == 0
+        silent = box.run_tests("true", 30)  # writes no report: the previous run's must not be returned
+        assert silent.exit_code == 0 and silent.junit == ""
+        code, listing = box.output("git ls-files")
+        assert code == 0 and "tinycalc/core.py" in listing.splitlines()

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import tarfile
 import time
-import uuid
 from dataclasses import dataclass
 
 import docker
 
 from envserver.junit import pytest_args
 
+JUNIT_PATH = "/tmp/forager-junit.xml"
 TIMEOUT_EXIT = 137  # `timeout -s KILL` kills the whole process group; the exit status is 128 + 9
 
 
@@ -81,11 +80,15 @@ class RepoContainer:
         res = self.container.exec_run(cmd, workdir=self.workdir, environment=env or {}, demux=False)
         return res.exit_code, (res.output or b"").decode(errors="replace")
 
-    def read(self, path: str) -> str:
-        code, out = self.sh(f"cat {shlex.quote(path)}")
-        if code != 0:
-            raise FileNotFoundError(f"{path}: {out.strip()}")
-        return out
+    def output(self, command: str) -> tuple[int, str]:
+        """(exit code, stdout) of a command whose output must arrive whole: it goes through a file and the
+        archive API, because Docker can drop a short-lived exec's stream (see run_tests)."""
+        out = "/tmp/forager-output.txt"
+        code, _ = self.sh(f"({command}) > {out}")
+        try:
+            return code, self.read_bytes(out).decode(errors="replace")
+        except docker.errors.NotFound:
+            return code, ""
 
     def read_bytes(self, path: str) -> bytes:
         stream, _ = self.container.get_archive(self._abs(path))
@@ -109,12 +112,18 @@ class RepoContainer:
 
     def run_tests(self, test_command: str, timeout: float, env: dict[str, str] | None = None,
                   extra_args: str = "") -> TestRun:
-        xml = f"/tmp/forager-junit-{uuid.uuid4().hex[:8]}.xml"
+        xml = JUNIT_PATH  # one run at a time per container; removed first so a stale report is never read
         started = time.monotonic()
-        code, out = self.sh(f"{test_command} {extra_args} {pytest_args(xml)}", timeout=timeout, env=env)
+        code, out = self.sh(f"rm -f {xml}; {test_command} {extra_args} {pytest_args(xml)}", timeout=timeout, env=env)
         seconds = time.monotonic() - started
-        rc, junit = self.sh(f"cat {xml} 2>/dev/null && rm -f {xml}")
-        return TestRun(code, out, junit if rc == 0 else "", seconds)
+        # through the archive API, not `cat` over an exec stream: Docker sometimes loses the output of a
+        # short-lived exec (docker/docker-py#2042, moby/moby#27289), the likely cause of 3 reports in
+        # about 800 parallel validation runs that came back empty or garbled and never reproduced
+        try:
+            junit = self.read_bytes(xml).decode(errors="replace")
+        except docker.errors.NotFound:
+            junit = ""
+        return TestRun(code, out, junit, seconds)
 
     def _abs(self, path: str) -> str:
         return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"

@@ -182,7 +182,7 @@ def run_synthesis(
         for _ in range(workers - 1):  # more sandboxes of the same image: candidates are independent
             boxes.append(stack.enter_context(RepoContainer(client, record.tag, record.workdir)))
             _install_probe(boxes[-1])
-        draw = _Draw(candidates, box, report, done, task_patches, max_tasks, max_candidates, time_budget)
+        draw = _Draw(candidates, report, done, task_patches, max_tasks, max_candidates, time_budget)
 
         def work(sandbox: RepoContainer) -> None:
             while (job := draw.next()) is not None:
@@ -246,8 +246,8 @@ class _Draw:
     a rejected one frees the slot again.
     """
 
-    def __init__(self, candidates, box, report, done, task_patches, max_tasks, budget, time_budget):
-        self.candidates, self.box, self.report = candidates, box, report
+    def __init__(self, candidates, report, done, task_patches, max_tasks, budget, time_budget):
+        self.candidates, self.report = candidates, report
         self.done, self.task_patches = done, task_patches
         self.max_tasks, self.budget, self.time_budget = max_tasks, budget, time_budget
         self.started = time.monotonic()  # the time budget is for validating candidates, after the baseline
@@ -276,11 +276,11 @@ class _Draw:
                 if item is None:
                     self.stopped = True
                     return None
-                cand, tests = item
+                # the file's text as read before validation began, which the mutation was made from:
+                # its diff and every restore use exactly that text, and the draw never touches a sandbox
+                cand, tests, original = item
                 report.candidates += 1
-                if cand.file not in self.originals:
-                    self.originals[cand.file] = self.box.read_bytes(cand.file).decode()
-                original = self.originals[cand.file]
+                self.originals.setdefault(cand.file, original)
                 key = cand.key(original)
                 if key in self.done:
                     report.skipped += 1
@@ -317,9 +317,10 @@ def _baseline(box: RepoContainer, record: ImageRecord, timeout: float | None):
     run = box.run_tests(record.test_command, timeout or 1800, env=env, extra_args="-p forager_probe")
     if not run.junit:
         raise SynthesisError(f"{record.repo}: the test suite wrote no report (exit {run.exit_code}): {run.output[-800:]}")
-    code, text = box.sh(f"cat {PROBE_DIR}/hits.json")
-    if code != 0:
-        raise SynthesisError(f"{record.repo}: the coverage probe wrote nothing: {run.output[-800:]}")
+    try:
+        text = box.read_bytes(f"{PROBE_DIR}/hits.json").decode()
+    except docker.errors.NotFound:
+        raise SynthesisError(f"{record.repo}: the coverage probe wrote nothing: {run.output[-800:]}") from None
     covering: dict[str, set[str]] = {}
     for test, funcs in json.loads(text).items():
         for fn in funcs:
@@ -329,14 +330,14 @@ def _baseline(box: RepoContainer, record: ImageRecord, timeout: float | None):
 
 def _test_files(box: RepoContainer, outcomes: dict[str, str]) -> list[str]:
     """Tracked files that belong to the tests (restored from the base at grading)."""
-    code, out = box.sh("git ls-files")
+    code, out = box.output("git ls-files")  # a lost listing would leave test files unrestored at grading
     tracked = out.splitlines() if code == 0 else []
     files = {f for f in tracked if is_test_path(f)}
     files |= {t.split("::")[0] for t in outcomes if "::" in t and t.split("::")[0] in set(tracked)}
     return sorted(files)
 
 
-def _candidates(box, covering, passing, test_files, seed) -> tuple[int, Iterator[tuple[Candidate, list[str]]]]:
+def _candidates(box, covering, passing, test_files, seed) -> tuple[int, Iterator[tuple[Candidate, list[str], str]]]:
     """(covered functions, their mutations round-robin across functions in a seeded order).
 
     A function's mutations are generated only when the round-robin first reaches it: generating
@@ -367,21 +368,22 @@ def _candidates(box, covering, passing, test_files, seed) -> tuple[int, Iterator
     return len(entries), _round_robin(entries, rng)
 
 
-def _round_robin(entries, rng: random.Random) -> Iterator[tuple[Candidate, list[str]]]:
-    """One mutation per function per round, in the entries' order; later rounds take each function's next one."""
-    rounds: deque[tuple[Iterator[Candidate], list[str]]] = deque()
+def _round_robin(entries, rng: random.Random) -> Iterator[tuple[Candidate, list[str], str]]:
+    """(mutation, covering tests, the file's original text): one mutation per function per round, in the
+    entries' order; later rounds take each function's next one."""
+    rounds: deque[tuple[Iterator[Candidate], list[str], str]] = deque()
     for path, source, name, tests in entries:  # first round: generate lazily, function by function
         cands = iter(_interleave_operators(mutate_function(path, source, name), rng))
         first = next(cands, None)
         if first is not None:
-            yield first, tests
-            rounds.append((cands, tests))
+            yield first, tests, source
+            rounds.append((cands, tests, source))
     while rounds:
-        cands, tests = rounds.popleft()
+        cands, tests, source = rounds.popleft()
         nxt = next(cands, None)
         if nxt is not None:
-            yield nxt, tests
-            rounds.append((cands, tests))
+            yield nxt, tests, source
+            rounds.append((cands, tests, source))
 
 
 def _interleave_operators(cands: list[Candidate], rng: random.Random) -> list[Candidate]:
