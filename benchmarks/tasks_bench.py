@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,7 @@ import docker  # noqa: E402
 
 from forager.config import Settings  # noqa: E402
 from forager.tasks.synth import SynthesisError, default_workers, run_synthesis  # noqa: E402
+from forager.ui import progress  # noqa: E402
 
 
 def free_port() -> int:
@@ -56,8 +58,6 @@ def ok_images(list_path: Path, settings: Settings) -> tuple[list, int]:
     missing = [s for s in specs if s.name not in catalog]
     if missing:
         print(f"building {len(missing)} repos with the builder (catalog: {settings.catalog_path})", file=sys.stderr)
-        from forager.ui import progress
-
         with progress() as bar:
             build_list(missing, settings, jobs=1, progress=bar)
         catalog = {r.repo: r for r in ok_records(settings.catalog_path)}
@@ -118,8 +118,6 @@ def main() -> None:
         records = [r for r in records if (r.test_seconds or 0) <= args.max_suite_seconds]
         for s in skipped_slow:
             print(f"  {s['repo']}: skipped, suite takes {s['suite_seconds']} s (> --max-suite-seconds)")
-    from forager.ui import progress
-
     for rec in records:
         try:
             with progress() as bar:  # on stderr: stdout keeps one result line per repo
@@ -147,7 +145,7 @@ def main() -> None:
               f"({row['validate_share']:.0%} validate), {row['tasks_per_cpu_minute']} tasks/CPU-min, "
               f"{row['wall_seconds']} s wall")
 
-    # baselines: the same candidates of the quickest repo, validated three ways, each in a fresh task dir
+    # baselines: the same candidates of one repo, validated three ways, each in a fresh task dir
     baseline = {}
     # on a typical repo: the median suite time among the repos whose covering tests are a small part of the suite
     # (with one covered function, as on text-unidecode, there is nothing for a fast reject to skip)
@@ -184,10 +182,6 @@ def main() -> None:
     solved = 0
     oracle_seconds = 0.0
     if sample:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from forager.ui import progress
-
         proc, url = start_envserver(sorted({t.image.split(":")[0] + ":*" for t in sample}) + ["forager/*"])
         started = time.monotonic()
         try:

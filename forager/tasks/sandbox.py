@@ -85,10 +85,14 @@ class RepoContainer:
         archive API, because Docker can drop a short-lived exec's stream (see run_tests)."""
         out = "/tmp/forager-output.txt"
         code, _ = self.sh(f"({command}) > {out}")
+        return code, self.read_text(out) or ""
+
+    def read_text(self, path: str) -> str | None:
+        """A file's text through the archive API, or None when it does not exist."""
         try:
-            return code, self.read_bytes(out).decode(errors="replace")
+            return self.read_bytes(path).decode(errors="replace")
         except docker.errors.NotFound:
-            return code, ""
+            return None
 
     def read_bytes(self, path: str) -> bytes:
         stream, _ = self.container.get_archive(self._abs(path))
@@ -119,11 +123,7 @@ class RepoContainer:
         # through the archive API, not `cat` over an exec stream: Docker sometimes loses the output of a
         # short-lived exec (docker/docker-py#2042, moby/moby#27289), the likely cause of 3 reports in
         # about 800 parallel validation runs that came back empty or garbled and never reproduced
-        try:
-            junit = self.read_bytes(xml).decode(errors="replace")
-        except docker.errors.NotFound:
-            junit = ""
-        return TestRun(code, out, junit, seconds)
+        return TestRun(code, out, self.read_text(xml) or "", seconds)
 
     def _abs(self, path: str) -> str:
         return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"

@@ -1,12 +1,13 @@
 """Mutate-fix synthesis: turn one validated repo image into many repair tasks, each just a patch.
 
-Pipeline, all inside ONE long-lived network-less container of the image:
+Pipeline, in long-lived network-less containers of the image (sandboxes):
 1. run the suite once under a profiler (probe.py) → which functions each passing test calls;
 2. for covered functions, generate single AST mutations (mutations.py), interleaved across
    functions so a small budget still spreads over the repo;
-3. per candidate: write the mutated file, run only the covering tests (fast reject, while the
-   measured figures say it pays), then the full suite for survivors, restore the file. Keep it if some passing tests now fail (F2P) and
-   the rest still pass (P2P); a hang is dropped by the timeout.
+3. per candidate, in one of `workers` sandboxes validating in parallel: write the mutated file, run
+   only the covering tests (fast reject, while the measured figures say it pays), then the full
+   suite for survivors, restore the file. Keep it if some passing tests now fail (F2P) and the
+   rest still pass (P2P); a hang is dropped by the timeout.
 Every verdict is logged, so a rerun skips what was already tried.
 """
 
@@ -317,10 +318,9 @@ def _baseline(box: RepoContainer, record: ImageRecord, timeout: float | None):
     run = box.run_tests(record.test_command, timeout or 1800, env=env, extra_args="-p forager_probe")
     if not run.junit:
         raise SynthesisError(f"{record.repo}: the test suite wrote no report (exit {run.exit_code}): {run.output[-800:]}")
-    try:
-        text = box.read_bytes(f"{PROBE_DIR}/hits.json").decode()
-    except docker.errors.NotFound:
-        raise SynthesisError(f"{record.repo}: the coverage probe wrote nothing: {run.output[-800:]}") from None
+    text = box.read_text(f"{PROBE_DIR}/hits.json")
+    if text is None:
+        raise SynthesisError(f"{record.repo}: the coverage probe wrote nothing: {run.output[-800:]}")
     covering: dict[str, set[str]] = {}
     for test, funcs in json.loads(text).items():
         for fn in funcs:
