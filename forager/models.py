@@ -72,6 +72,7 @@ class ImageRecord(BaseModel):
 # ---------------------------------------------------------------- tasks
 
 TaskKind = Literal["mutate-fix", "issue-fix"]
+TaskOrigin = Literal["synthesized", "mined", "imported"]
 
 
 class Mutation(BaseModel):
@@ -80,6 +81,20 @@ class Mutation(BaseModel):
     function: str
     lineno: int
     description: str = ""
+
+
+class Certificate(BaseModel):
+    """Proof that a task grades as it should: the gold patch passes and the empty patch fails, k times each,
+    each in a fresh grading container."""
+
+    k: int
+    gold_rewards: list[float] = Field(default_factory=list)
+    empty_rewards: list[float] = Field(default_factory=list)
+    flaky: list[str] = Field(default_factory=list, description="tests whose outcome varied between runs (dropped)")
+    image_id: str = Field(default="", description="the Docker image id (sha256:...) the gradings ran in")
+    pip_freeze: list[str] = Field(default_factory=list)
+    passed: bool = False
+    created_at: float = Field(default_factory=time.time)
 
 
 class Task(BaseModel):
@@ -101,6 +116,9 @@ class Task(BaseModel):
     gold_patch: str = Field(default="", description="a known fix, applied to the agent's starting state")
     mutation: Mutation | None = None
     hide_tests: bool = True
+    origin: TaskOrigin | None = Field(default=None, description="how the task was made (None: older records)")
+    source_commit: str | None = Field(default=None, description="mined: the fix commit the task comes from")
+    certificate: Certificate | None = None
     created_at: float = Field(default_factory=time.time)
 
 
@@ -109,7 +127,8 @@ class Task(BaseModel):
 TRAJECTORY_SCHEMA_VERSION = "1.0"
 
 ExitReason = Literal[
-    "submitted", "max_turns", "max_tokens", "wall_clock", "model_error", "infra_error", "format_error_limit"
+    "submitted", "max_turns", "max_tokens", "wall_clock", "model_error", "infra_error", "format_error_limit",
+    "env_broken",  # the agent's own command broke the env (killed its container, ...): kept, never retried
 ]
 
 
@@ -133,10 +152,33 @@ class Observation(BaseModel):
     flags: dict[str, Any] = Field(default_factory=dict, description="timed_out, truncated, ...")
 
 
+class StateChange(BaseModel):
+    """What one action changed in the environment (world-model data): files, shell state, a tree digest.
+
+    Two steps with the same `tree_digest` left the repository in the same state. The diff is capped
+    per step; `diff_truncated` says so and `diff_bytes` gives the uncapped size.
+    """
+
+    files_created: list[str] = Field(default_factory=list)
+    files_modified: list[str] = Field(default_factory=list)
+    files_deleted: list[str] = Field(default_factory=list)
+    diff: str = Field(default="", description="unified diff of the repository change, capped")
+    diff_truncated: bool = False
+    diff_bytes: int = 0
+    cwd: str | None = Field(default=None, description="the shell's working directory after the action")
+    cwd_changed: bool = False
+    env_changed: dict[str, str | None] = Field(
+        default_factory=dict, description="exported variables set or changed by the action (None: unset)"
+    )
+    tree_digest: str = Field(default="", description="digest of the repository tree after the action")
+    seconds: float = Field(default=0.0, description="time spent recording this state")
+
+
 class Step(BaseModel):
     index: int
     action: Action
     observation: Observation
+    state: StateChange | None = Field(default=None, description="what the action changed (None: not recorded)")
     model_seconds: float = 0.0
     env_seconds: float = 0.0
     prompt_tokens: int = 0
@@ -144,14 +186,22 @@ class Step(BaseModel):
 
 
 class EpisodeResult(BaseModel):
-    patch: str = ""
+    patch: str = Field(default="", description="the agent's patch: exactly the bytes that were graded")
     reward: float = 0.0
     tests: dict[str, TestOutcome] = Field(default_factory=dict)
+    fail_to_pass: dict[str, TestOutcome] = Field(default_factory=dict)
+    pass_to_pass: dict[str, TestOutcome] = Field(default_factory=dict)
+    dropped_files: list[str] = Field(
+        default_factory=list, description="files of the patch restored before the graded run (tests, test config)"
+    )
+    grading_error: str | None = Field(default=None, description="why the patch was graded 0 without a verdict")
 
 
 class Trajectory(BaseModel):
     schema_version: str = TRAJECTORY_SCHEMA_VERSION
     id: str = Field(description="derived from (task, attempt, policy, model): a retry overwrites, never duplicates")
+    parent_id: str | None = Field(default=None, description="branching collection: the trajectory this one forked from")
+    branch_step: int | None = Field(default=None, description="branching collection: steps before this index are the parent's")
     task_id: str
     task_kind: TaskKind
     repo: str
