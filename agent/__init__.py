@@ -7,6 +7,9 @@ Modules, one purpose each:
   status   -- counts for a collection (queued, running, done, failed, trajectories, reward)
   metrics  -- Prometheus metrics served by `forager worker --metrics-port`
   joblog   -- structured JSON-lines log per job
-  services -- start an env server / worker pool as subprocesses when none is reachable
-  pipeline -- `forager run`: build, synthesize, collect, summarize
+  services -- start Redis / an env server / a worker pool as subprocesses when none is reachable
+  trace_jobs -- the trace job (one image's test suite traced) and its enqueueing
+
+The fleet imports forager (the kernel and the episodes, trajectories and trace domains) and envserver's
+face; `forager run` (forager/cli/run.py) drives it from above.
 """

@@ -1,12 +1,12 @@
 """The episode job: one (task, attempt, policy) run by a worker, written once to the store.
 
 `run_episode_job` is what RQ calls: a top-level function with plain JSON arguments, so any worker
-(`forager worker`, or a plain `rq worker forager`) on any host can run it. It uses the env server
-of its host (FORAGER_ENVSERVER_URL) and writes to its trajectory store (FORAGER_HOME).
+(`forager worker`, or a stock `rq worker` with the JSON serializer) on any host can run it. It uses the
+env server of its host (FORAGER_ENVSERVER_URL) and writes to its trajectory store (FORAGER_HOME).
 
 Failure policy:
-  - an agent that fails (wrong patch, turn budget, bad tool calls) is a result: the trajectory is
-    written and the job finishes;
+  - an agent that fails (wrong patch, turn budget, bad tool calls, an env its own commands broke) is a
+    result: the trajectory is written and the job finishes;
   - infrastructure that fails (env server unreachable, Docker error, env gone) raises InfraError,
     and RQ retries the job with backoff (the Retry set at enqueue); a refused request (bad image,
     bad token) is not retried, since trying again cannot help;
@@ -21,33 +21,33 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from forager.config import Settings
-from forager.models import Task
+from rq import get_current_job
 
 from agent.joblog import JobLog
 from agent.queue import JobSpec, enqueue_many, episode_job_id, slug
+from agent.status import record_result
+from envserver.client import EnvClient
+from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized, UnknownEnv
+from forager.config import Settings
+from forager.episodes.loop import run_episode
+from forager.episodes.policies import OpenAIConfig, OracleConfig, load_policy_config
+from forager.errors import EpisodeInfraError, InfraError
+from forager.models import Task, Trajectory
+from forager.trajectories.store import TrajectoryStore, trajectory_id
 
 JOB_FUNC = "agent.jobs.run_episode_job"
 JOB_LABEL = "forager.job"
 # The job is killed this long after the episode's own wall-clock budget, to leave time for grading.
 JOB_TIMEOUT_MARGIN = 600
 
-
-class InfraError(RuntimeError):
-    """The environment failed, not the agent: the job is retried."""
+__all__ = ["EpisodeSpec", "InfraError", "collection_name", "enqueue_episodes", "run_episode_job"]
 
 
 @dataclass
 class EpisodeSpec:
-    policy: str = "oracle"
-    model: str | None = None
+    policy: OracleConfig | OpenAIConfig
     max_turns: int = 30
     episode_timeout: int = 1800
-
-    parameters: dict[str, Any] | None = None
-
-    def policy_dict(self) -> dict[str, Any]:
-        return {"name": self.policy, "model": self.model, "parameters": self.parameters or {}}
 
 
 def collection_name(policy: str, model: str | None) -> str:
@@ -58,33 +58,33 @@ def collection_name(policy: str, model: str | None) -> str:
 
 
 def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSpec, *, collection: str,
-                     settings: Settings | None = None,
-                     on_progress: Callable[[int, str], None] | None = None) -> dict[str, str]:
+                     settings: Settings, on_progress: Callable[[int, str], None] | None = None) -> dict[str, str]:
     """One job per (task, attempt); skips ids already taken and episodes already in the store."""
-    settings = settings or Settings.from_env()
-    store = _store(settings)
+    store = TrajectoryStore(settings.trajectories_dir)
+    name, model = spec.policy.name, spec.policy.model
     specs: list[JobSpec] = []
     traj_ids: dict[str, str] = {}
     for task in tasks:
         for attempt in range(attempts):
-            job_id = episode_job_id(task.id, attempt, spec.policy, spec.model)
-            traj_ids[job_id] = trajectory_id(task.id, attempt, spec.policy, spec.model)
+            job_id = episode_job_id(task.id, attempt, name, model)
+            traj_ids[job_id] = trajectory_id(task.id, attempt, name, model)
             specs.append(JobSpec(
                 JOB_FUNC,
-                {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy_dict(),
+                {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy.model_dump(mode="json"),
                  "collection": collection, "max_turns": spec.max_turns, "episode_timeout": spec.episode_timeout},
                 job_id,
                 timeout=spec.episode_timeout + JOB_TIMEOUT_MARGIN,
-                description=f"{task.id} attempt {attempt} ({spec.policy})",
+                retries=len(settings.retry_intervals),
+                intervals=settings.retry_intervals,
+                description=f"{task.id} attempt {attempt} ({name})",
             ))
 
     def done(js: JobSpec) -> bool:
-        traj = store.read(traj_ids[js.job_id]) if store.exists(traj_ids[js.job_id]) else None
-        if traj is not None:
-            from agent.status import record_result
-
-            record_result(conn, js.job_id, summarize(traj, existing=True))
-        return traj is not None
+        traj_id = traj_ids[js.job_id]
+        if not store.exists(traj_id):
+            return False
+        record_result(conn, js.job_id, summarize(store.read(traj_id), existing=True))
+        return True
 
     outcome: dict[str, str] = {}
     for i in range(0, len(specs), 200):  # batches, so the caller's bar moves
@@ -100,39 +100,36 @@ def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSp
 
 def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, collection: str | None = None,
                     max_turns: int = 30, episode_timeout: int = 1800) -> dict[str, Any]:
-    from rq import get_current_job
-
-    settings = Settings.from_env()
-    policy = policy or {"name": "oracle"}
+    settings = Settings.from_env()  # a job is an entry point: the worker's host decides where things are
+    config = load_policy_config(policy or {"name": "oracle"})
     task_obj = Task.model_validate(task)
     job = get_current_job()
-    job_id = job.id if job else episode_job_id(task_obj.id, attempt, policy["name"], policy.get("model"))
+    job_id = job.id if job else episode_job_id(task_obj.id, attempt, config.name, config.model)
     tries = (job.meta.get("tries", 0) + 1) if job else 1
     if job:
         job.meta["tries"] = tries
         job.save_meta()
-    log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=policy["name"], attempt_try=tries)
-    store = _store(settings)
-    traj_id = trajectory_id(task_obj.id, attempt, policy["name"], policy.get("model"))
+    log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=config.name, attempt_try=tries)
+    store = TrajectoryStore(settings.trajectories_dir)
+    traj_id = trajectory_id(task_obj.id, attempt, config.name, config.model)
     log("start", trajectory=traj_id, envserver=settings.envserver_url)
 
     if store.exists(traj_id):  # an earlier try wrote it and died before reporting
         summary = summarize(store.read(traj_id), existing=True)
-        _report(job, collection, job_id, summary)
+        _report(job, job_id, summary)
         log("skip", reason="trajectory exists", **summary)
         return summary
 
-    from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized
-    from forager.agent_loop import EpisodeInfraError
-
-    client = _env_client(settings)
+    client = env_client(settings)
     started = time.monotonic()
     try:
         if tries > 1:  # only a try that was killed can have left an env behind
             removed = remove_leftovers(client, job_id)
             if removed:
                 log("leftovers_removed", envs=removed)
-        traj = _run(task_obj, attempt, policy, client, settings, job_id, traj_id, max_turns, episode_timeout)
+        traj = run_episode(task_obj, config.make(settings), client, attempt=attempt, max_turns=max_turns,
+                           wall_clock=episode_timeout, trajectory_id=traj_id, raise_infra=True,
+                           env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
     except (EnvServerError, EpisodeInfraError) as exc:
         cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
         error = f"{type(cause).__name__}: {cause}"
@@ -150,14 +147,13 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
     store.write(traj)
     summary = summarize(traj)
     summary["job_seconds"] = round(time.monotonic() - started, 3)
-    _report(job, collection, job_id, summary)
+    _report(job, job_id, summary)
     log("done", **summary)
     return summary
 
 
-def summarize(traj, existing: bool = False) -> dict[str, Any]:
-    env_seconds = sum(s.env_seconds for s in traj.steps)
-    model_seconds = sum(s.model_seconds for s in traj.steps)
+def summarize(traj: Trajectory, existing: bool = False) -> dict[str, Any]:
+    """The numbers a collection's status adds up, for one trajectory."""
     return {
         "trajectory": traj.id,
         "task": traj.task_id,
@@ -166,52 +162,31 @@ def summarize(traj, existing: bool = False) -> dict[str, Any]:
         "steps": len(traj.steps),
         "exit_reason": traj.exit_reason,
         "episode_seconds": round(traj.finished_at - traj.started_at, 3),
-        "env_seconds": round(env_seconds, 3),
-        "model_seconds": round(model_seconds, 3),
+        "env_seconds": round(sum(s.env_seconds for s in traj.steps), 3),
+        "model_seconds": round(sum(s.model_seconds for s in traj.steps), 3),
         "existing": existing,
     }
 
 
-def _report(job, collection: str | None, job_id: str, summary: dict[str, Any]) -> None:
+def _report(job, job_id: str, summary: dict[str, Any]) -> None:
     if job is not None:
-        from agent.status import record_result
-
         record_result(job.connection, job_id, summary)
 
 
-# ---------------------------------------------------------------- the other areas' interfaces, in one place
+_CLIENTS: dict[tuple[str, str | None], EnvClient] = {}
 
 
-def _store(settings: Settings):
-    from forager.trajectories import TrajectoryStore
-
-    return TrajectoryStore(settings.trajectories_dir)
-
-
-def trajectory_id(task_id: str, attempt: int, policy: str, model: str | None) -> str:
-    from forager.trajectories import trajectory_id as make_id
-
-    return make_id(task_id, attempt, policy, model)
-
-
-_CLIENTS: dict[tuple[str, str | None], Any] = {}
-
-
-def _env_client(settings: Settings):
+def env_client(settings: Settings) -> EnvClient:
     """One client per (url, token) per process. Making one costs ~50 ms (its TLS context), so the
     worker makes it before forking (agent.worker.preload) and every job's work horse inherits it."""
-    from envserver.client import EnvClient
-
     key = (settings.envserver_url, settings.envserver_token)
     if key not in _CLIENTS:
         _CLIENTS[key] = EnvClient(settings.envserver_url, token=settings.envserver_token)
     return _CLIENTS[key]
 
 
-def remove_leftovers(client, job_id: str) -> list[str]:
+def remove_leftovers(client: EnvClient, job_id: str) -> list[str]:
     """Delete envs a previous try of this job left (it was killed before releasing them)."""
-    from envserver.errors import UnknownEnv
-
     leftovers = [e for e in client.list_envs() if e.labels.get(JOB_LABEL) == job_id]
     for env in leftovers:
         try:
@@ -219,18 +194,3 @@ def remove_leftovers(client, job_id: str) -> list[str]:
         except UnknownEnv:  # reaped meanwhile
             pass
     return [e.id for e in leftovers]
-
-
-def _run(task: Task, attempt: int, policy: dict, client, settings: Settings, job_id: str, traj_id: str,
-         max_turns: int, episode_timeout: int):
-    """run_episode with the env labelled by this job and an expiry past the job's own timeout."""
-    from forager.agent_loop import run_episode
-    from forager.policies import make_policy
-
-    pol = make_policy(policy["name"], model=policy.get("model"), settings=settings, **(policy.get("parameters") or {}))
-    return run_episode(task, pol, client, attempt=attempt, max_turns=max_turns, wall_clock=episode_timeout,
-                       trajectory_id=traj_id, raise_infra=True, env_labels={JOB_LABEL: job_id},
-                       env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
-
-
-__all__ = ["EpisodeSpec", "InfraError", "collection_name", "enqueue_episodes", "run_episode_job"]

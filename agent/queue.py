@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,31 +20,37 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError
 from rq.job import Job, validate_job_id
+from rq.serializers import JSONSerializer
 
 from forager.config import Settings
 
 # Finished and failed jobs stay visible long enough for status and dedup to see them.
 RESULT_TTL = 30 * 24 * 3600
 FAILURE_TTL = 30 * 24 * 3600
-# Infra failures (env server down, Docker error) are retried with growing waits (seconds), one
-# retry per interval; FORAGER_RETRY_INTERVALS="5,15,45,120" overrides them.
-DEFAULT_INTERVALS = tuple(int(x) for x in os.environ.get("FORAGER_RETRY_INTERVALS", "5,15,45,120").split(",") if x)
+# Infra failures (env server down, Docker error) are retried with growing waits (seconds), one retry per
+# interval: Settings.retry_intervals (FORAGER_RETRY_INTERVALS) is what enqueuers pass.
+DEFAULT_INTERVALS = Settings.model_fields["retry_intervals"].default
 DEFAULT_RETRIES = len(DEFAULT_INTERVALS)
+
+# Jobs carry plain JSON, never pickles: a job read from Redis cannot run code by being read, and a stock
+# `rq worker --serializer rq.serializers.JSONSerializer` can run them.
+SERIALIZER = JSONSerializer
 
 # States in which a job id counts as taken: enqueueing it again would double the work.
 TAKEN = {"queued", "started", "scheduled", "deferred", "finished"}
 KEY_PREFIX = "forager"
 
 
-def connect(url: str | None = None) -> Redis:
-    return Redis.from_url(url or Settings.from_env().redis_url)
+def connect(url: str) -> Redis:
+    return Redis.from_url(url)
 
 
-def get_queue(conn: Redis | None = None, name: str | None = None) -> Queue:
-    return Queue(name or Settings.from_env().queue, connection=conn or connect())
+def get_queue(conn: Redis, name: str) -> Queue:
+    return Queue(name, connection=conn, serializer=SERIALIZER)
 
 
 def slug(text: str, limit: int = 60) -> str:
+    """Job ids allow letters, digits, '_' and '-' only."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:limit]
 
 
@@ -86,8 +91,8 @@ def enqueue(
     kwargs: dict[str, Any],
     job_id: str,
     *,
-    conn: Redis | None = None,
-    queue_name: str | None = None,
+    conn: Redis,
+    queue_name: str,
     timeout: int = 3600,
     retries: int = DEFAULT_RETRIES,
     intervals: Iterable[int] = DEFAULT_INTERVALS,
@@ -104,14 +109,13 @@ def enqueue(
 def enqueue_many(
     specs: Iterable[JobSpec],
     *,
-    conn: Redis | None = None,
-    queue_name: str | None = None,
+    conn: Redis,
+    queue_name: str,
     collection: str | None = None,
     done: Callable[[JobSpec], bool] | None = None,
 ) -> dict[str, str]:
     """Enqueue each spec whose id is free; `done(spec)` lets the caller skip work already stored
     (e.g. a trajectory on disk). Returns {job id: "enqueued" | the taken state | "exists"}."""
-    conn = conn or connect()
     queue = get_queue(conn, queue_name)
     outcome: dict[str, str] = {}
     for spec in specs:
@@ -130,7 +134,7 @@ def enqueue_many(
             outcome[spec.job_id] = "exists"
             continue
         if state is not None:  # failed / stopped / canceled: start over with fresh retries
-            Job.fetch(spec.job_id, connection=conn).delete()
+            Job.fetch(spec.job_id, connection=conn, serializer=SERIALIZER).delete()
         meta = dict(spec.meta)
         if collection:
             meta["collection"] = collection

@@ -18,12 +18,20 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from forager.config import Settings
+from forager.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
+__all__ = ["LocalServices", "ServiceError", "redis_command", "redis_reachable", "workers_on"]
 
-class ServiceError(RuntimeError):
-    pass
+
+def redis_command(port: int, data_dir: Path, *, daemonize: bool = False) -> list[str]:
+    """How Forager runs redis-server: loopback only, append-only persistence, data in `data_dir`."""
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+           "--appendonly", "yes", "--save", ""]
+    if daemonize:
+        cmd += ["--daemonize", "yes", "--logfile", str(data_dir / "redis.log")]
+    return cmd
 
 
 def _free_port() -> int:
@@ -65,13 +73,13 @@ def workers_on(redis_url: str, queue: str, fresh: float = 90.0) -> int:
     worker's registration lingers in Redis for minutes)."""
     from datetime import datetime, timezone
 
-    from rq import Queue, Worker
+    from rq import Worker
 
-    from agent.queue import connect
+    from agent.queue import connect, get_queue
 
     now = datetime.now(timezone.utc)
     alive = 0
-    for w in Worker.all(queue=Queue(queue, connection=connect(redis_url))):
+    for w in Worker.all(queue=get_queue(connect(redis_url), queue)):
         beat = w.last_heartbeat
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=timezone.utc)
@@ -159,8 +167,7 @@ class LocalServices:
             raise ServiceError(f"Redis at {url} does not answer, and its port is taken by something else")
         data = self.settings.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        proc, log = self._spawn("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                                          "--appendonly", "yes", "--save", ""], grace=30)
+        proc, log = self._spawn("redis", redis_command(port, data), grace=30)
         _wait(lambda: redis_reachable(url), proc, "redis-server", log)
         self.log(f"started redis-server on {url} (append-only, data in {data})")
 

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from redis import Redis
-from rq import Queue
+
 from rq.registry import (
     CanceledJobRegistry,
     DeferredJobRegistry,
@@ -22,12 +22,12 @@ from rq.registry import (
     StartedJobRegistry,
 )
 
-from agent.queue import KEY_PREFIX, collection_key, connect
+from agent.queue import KEY_PREFIX, collection_key, connect, get_queue
 
 
 def queue_counts(redis: str | Redis, queue_name: str) -> dict[str, int]:
     conn = connect(redis) if isinstance(redis, str) else redis
-    q = Queue(queue_name, connection=conn)
+    q = get_queue(conn, queue_name)
     # Read-only (cleanup=False): requeueing abandoned jobs is the workers' maintenance, done under
     # RQ's maintenance lock; two cleanups racing could requeue the same job twice.
     registries = {"started": StartedJobRegistry, "scheduled": ScheduledJobRegistry, "deferred": DeferredJobRegistry,
@@ -89,7 +89,7 @@ def collection_status(conn: Redis, collection: str, only: set[str] | None = None
 def fleet_status(conn: Redis, queue_name: str, collections: list[str] | None = None) -> dict[str, Any]:
     from rq import Worker
 
-    workers = Worker.all(connection=conn, queue=Queue(queue_name, connection=conn))
+    workers = Worker.all(connection=conn, queue=get_queue(conn, queue_name))
     return {
         "queue": queue_name,
         "jobs": queue_counts(conn, queue_name),

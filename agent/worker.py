@@ -27,10 +27,9 @@ from pathlib import Path
 
 from rq import Worker
 
-# Seconds; small values make crash recovery fast at the cost of a few more Redis writes.
-MONITOR_INTERVAL = int(os.environ.get("FORAGER_JOB_MONITOR_INTERVAL", "10"))  # horse check + heartbeat period
-HEARTBEAT_GRACE = int(os.environ.get("FORAGER_HEARTBEAT_GRACE", "30"))  # lease beyond the next heartbeat
-MAINTENANCE_INTERVAL = int(os.environ.get("FORAGER_MAINTENANCE_INTERVAL", "30"))  # abandoned-job sweep period
+from agent.queue import SERIALIZER, connect
+from forager.config import Settings
+from forager.errors import PoolError
 
 PR_SET_PDEATHSIG = 1
 
@@ -46,24 +45,30 @@ def die_with_parent(parent: int | None = None) -> None:
 
 
 class ForagerWorker(Worker):
-    """An RQ worker with a short heartbeat lease and children that never outlive it."""
+    """An RQ worker with a short heartbeat lease, JSON jobs, and children that never outlive it.
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("job_monitoring_interval", MONITOR_INTERVAL)
-        kwargs.setdefault("maintenance_interval", MAINTENANCE_INTERVAL)
+    Small intervals (Settings: job_monitor_interval, heartbeat_grace, maintenance_interval) make crash
+    recovery fast at the cost of a few more Redis writes.
+    """
+
+    def __init__(self, *args, settings: Settings, **kwargs):
+        kwargs.setdefault("job_monitoring_interval", settings.job_monitor_interval)
+        kwargs.setdefault("maintenance_interval", settings.maintenance_interval)
+        kwargs.setdefault("serializer", SERIALIZER)
+        self.heartbeat_grace = settings.heartbeat_grace
         super().__init__(*args, **kwargs)
 
     @property
     def dequeue_timeout(self) -> int:
         # An idle worker wakes up this often to run maintenance (requeue abandoned jobs); RQ's
         # default would block on an empty queue for ~400 s between sweeps.
-        return max(1, min(MAINTENANCE_INTERVAL, self.worker_ttl - 15))
+        return max(1, min(int(self.maintenance_interval), self.worker_ttl - 15))
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         period = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             period = max(1, min(job.timeout - working_time, period))
-        return int(period) + HEARTBEAT_GRACE
+        return int(period) + self.heartbeat_grace
 
     def execute_job(self, job, queue):
         started = time.monotonic()
@@ -75,24 +80,15 @@ class ForagerWorker(Worker):
             metrics.job_done(job, time.monotonic() - started)
 
 
-def preload() -> None:
+def preload(settings: Settings) -> None:
     """Import the episode job's modules once, here: every job runs in a fresh fork of this process,
-    which would otherwise import them again (pydantic models, HTTP and model clients) for every job."""
-    import importlib
+    which would otherwise import them again (pydantic models, HTTP and model clients) for every job.
+    The env client is made here too (no connection yet: each work horse opens its own)."""
+    import agent.jobs  # noqa: F401  (the import is the point)
+    import forager.episodes.policies.openai  # noqa: F401
+    import forager.episodes.policies.oracle  # noqa: F401
 
-    for name in ("agent.jobs", "forager.agent_loop", "forager.policies.oracle", "forager.policies.openai",
-                 "forager.trajectories", "envserver.client"):
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional part missing must not stop a worker that runs other jobs
-            pass
-    try:
-        from agent.jobs import _env_client
-        from forager.config import Settings
-
-        _env_client(Settings.from_env())  # no connection yet: each work horse opens its own
-    except ImportError:
-        pass
+    agent.jobs.env_client(settings)
 
 
 def worker_name() -> str:
@@ -102,12 +98,11 @@ def worker_name() -> str:
 def run_worker(queue_name: str, redis_url: str, burst: bool = False, with_scheduler: bool = False,
                log_level: str = "INFO") -> bool:
     """Run one worker in this process until stopped (or, with burst, until the queue is empty)."""
-    from agent.queue import connect
-
+    settings = Settings.from_env()
     os.register_at_fork(after_in_child=die_with_parent)
-    preload()
+    preload(settings)
     conn = connect(redis_url)
-    worker = ForagerWorker([queue_name], connection=conn, name=worker_name())
+    worker = ForagerWorker([queue_name], connection=conn, name=worker_name(), settings=settings)
     return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
 
 
@@ -123,10 +118,9 @@ def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
     import redis
     from rq.scheduler import RQScheduler
 
-    from agent.queue import connect
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    scheduler = RQScheduler([queue_name], connection=connect(redis_url), interval=int(poll) or 1)
+    scheduler = RQScheduler([queue_name], connection=connect(redis_url), interval=int(poll) or 1,
+                            serializer=SERIALIZER)
     scheduler._install_signal_handlers()
     while not scheduler._stop_requested:
         try:
@@ -141,10 +135,6 @@ def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
 
 
 # ---------------------------------------------------------------- pool
-
-
-class PoolError(RuntimeError):
-    pass
 
 
 class Pool:

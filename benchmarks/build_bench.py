@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from forager.config import Settings  # noqa: E402
-from forager.ui import console, progress  # noqa: E402
+from forager.cli.ui import console, progress  # noqa: E402
 from images.build import BuildOptions, build_list, build_repo  # noqa: E402
 from images.sources import mirror_path, parse_entry, parse_list  # noqa: E402
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from forager.config import Settings  # noqa: E402
-from forager.ui import console  # noqa: E402
+from forager.cli.ui import console  # noqa: E402
 
 
 def free_port() -> int:
@@ -104,8 +104,8 @@ def episode_list(tasks, n: int, first_attempt: int):
 
 def run_baseline(tasks, n: int, env_url: str, store_dir: Path) -> dict:
     from envserver.client import EnvClient
-    from forager.agent_loop import run_episode
-    from forager.policies import make_policy
+    from forager.episodes.loop import run_episode
+    from forager.episodes.policies import make_policy
     from forager.trajectories import TrajectoryStore
 
     store = TrajectoryStore(store_dir)
@@ -126,8 +126,9 @@ def run_baseline(tasks, n: int, env_url: str, store_dir: Path) -> dict:
 def run_fleet(tasks, n: int, workers: int, redis_url: str, env_url: str, home: Path) -> dict:
     from rq.job import Job
 
-    from agent.jobs import EpisodeSpec, enqueue_episodes
-    from agent.queue import connect
+    from agent.jobs import EpisodeSpec
+    from forager.episodes.policies import OracleConfig
+    from agent.queue import SERIALIZER, connect
     from agent.status import RESULTS_KEY, collection_status
 
     queue = f"bench-w{workers}"
@@ -145,7 +146,7 @@ def run_fleet(tasks, n: int, workers: int, redis_url: str, env_url: str, home: P
 
         wait_until(lambda: workers_on(redis_url, queue) >= workers, f"{workers} workers")
         pairs = episode_list(tasks, n, 1000 * workers)
-        spec = EpisodeSpec(policy="oracle", parameters={"run_tests": False})
+        spec = EpisodeSpec(policy=OracleConfig(run_tests=False))
         started = time.monotonic()
         outcome = {}
         for task, attempt in pairs:  # one attempt number each: enqueue_episodes makes attempts 0..k-1
@@ -155,7 +156,7 @@ def run_fleet(tasks, n: int, workers: int, redis_url: str, env_url: str, home: P
     finally:
         pool.terminate()
         pool.wait(120)
-    jobs = [Job.fetch(j, connection=conn) for j in outcome]
+    jobs = [Job.fetch(j, connection=conn, serializer=SERIALIZER) for j in outcome]
     results = [json.loads(r) for r in conn.hmget(RESULTS_KEY, list(outcome))]
     status = collection_status(conn, queue, only=set(outcome))
     assert status["solved"] == n, status
@@ -174,8 +175,8 @@ def _enqueue_one(conn, task, attempt, spec, queue, settings):
     from agent.jobs import JOB_FUNC, JOB_TIMEOUT_MARGIN
     from agent.queue import JobSpec, enqueue_many, episode_job_id
 
-    job_id = episode_job_id(task.id, attempt, spec.policy, spec.model)
-    kwargs = {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy_dict(),
+    job_id = episode_job_id(task.id, attempt, spec.policy.name, spec.policy.model)
+    kwargs = {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy.model_dump(mode="json"),
               "collection": queue, "max_turns": spec.max_turns, "episode_timeout": spec.episode_timeout}
     return enqueue_many([JobSpec(JOB_FUNC, kwargs, job_id, timeout=spec.episode_timeout + JOB_TIMEOUT_MARGIN)],
                         conn=conn, queue_name=queue, collection=queue)

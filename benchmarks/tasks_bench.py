@@ -32,11 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import docker  # noqa: E402
 
 from forager.config import Settings  # noqa: E402
 from forager.tasks.synth import SynthesisError, default_workers, run_synthesis  # noqa: E402
-from forager.ui import progress  # noqa: E402
+from forager.cli.ui import progress  # noqa: E402
 
 
 def free_port() -> int:
@@ -107,7 +106,6 @@ def main() -> None:
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="tasks-bench-"))
     settings = catalog_settings.model_copy(update={"home": home})
     records, listed = ok_images(Path(args.list), catalog_settings)
-    client = docker.from_env(timeout=900)
     print(f"{len(records)} ok images of {listed} listed; tasks → {settings.tasks_dir}")
 
     per_repo = []
@@ -124,7 +122,6 @@ def main() -> None:
                 t = bar.add_task(rec.repo, total=args.max_candidates, status="probing tests")
                 rep = run_synthesis(rec, settings, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
                                     timeout=args.timeout, time_budget=args.time_budget, workers=args.workers,
-                                    client=client,
                                     on_progress=lambda d, n, st: bar.update(t, completed=d, total=n, status=st))
         except SynthesisError as exc:
             print(f"  {rec.repo}: synthesis failed: {exc}")
@@ -160,7 +157,7 @@ def main() -> None:
         for label, fast, w in (("serial_full_suite", False, 1), ("serial_fast_reject", True, 1),
                                (f"parallel_{workers}_sandboxes", True, workers)):
             tmp = settings.model_copy(update={"home": Path(tempfile.mkdtemp(prefix=f"tasks-bench-{label}-"))})
-            rep = run_synthesis(first, tmp, max_tasks=10**6, max_candidates=n, fast_reject=fast, workers=w, client=client)
+            rep = run_synthesis(first, tmp, max_tasks=10**6, max_candidates=n, fast_reject=fast, workers=w)
             timed[label] = {"tried": rep.tried, "tasks": rep.verdicts.get("task", 0), "fast_runs": rep.fast_runs,
                             "seconds_per_candidate": round((rep.seconds - rep.baseline_seconds) / max(rep.tried, 1), 3)}
         plain = timed["serial_full_suite"]["seconds_per_candidate"]
@@ -171,8 +168,8 @@ def main() -> None:
 
     # oracle solve rate through a real env server
     from envserver.client import EnvClient
-    from forager.agent_loop import run_episode
-    from forager.policies import make_policy
+    from forager.episodes.loop import run_episode
+    from forager.episodes.policies import make_policy
     from forager.tasks.store import load_tasks
 
     tasks = load_tasks(settings.tasks_dir) if settings.tasks_dir.exists() else []

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -158,23 +157,22 @@ def suite_slowdown(root: Path, repeat: int) -> dict:
 def image_slowdown(tag: str, repeat: int) -> dict:
     import docker
 
-    from forager.trace.collect import OUT_DIR, _Box, _env_args, _prepare, _with_tracer_path
+    from forager.trace.collect import OUT_DIR, _box, _env_args, _jsonl_lines, _prepare, _with_tracer_path
 
-    client = docker.from_env(timeout=600)
-    labels = client.images.get(tag).labels
+    labels = docker.from_env(timeout=600).images.get(tag).labels
     command = "python -m pytest -q -p no:cacheprovider"
     env = _env_args({"out": OUT_DIR, "root": "/repo", "safe_repr": "1"})  # as collection runs it
-    with _Box(client, tag, "/repo") as box:
+    with _box(tag, "/repo", None) as box:
         _prepare(box)
 
         def run(extra: str) -> float:
             started = time.perf_counter()
-            box.sh(_with_tracer_path(f"rm -rf {OUT_DIR}/*; {command} {extra}"), 1800, env)
+            box.run(_with_tracer_path(f"rm -rf {OUT_DIR}/*; {command} {extra}"), 1800, env=env)
             return time.perf_counter() - started
 
         plain = min(run("") for _ in range(repeat))
         traced = min(run("-p forager_tracer") for _ in range(repeat))
-        traces = sum(1 for _ in box.jsonl_lines(OUT_DIR))
+        traces = sum(1 for _ in _jsonl_lines(box, OUT_DIR))
     return {"image": tag, "repo": labels.get("forager.repo"), "plain_s": round(plain, 2),
             "traced_s": round(traced, 2), "slowdown": round(traced / plain, 2), "traces": traces}
 

@@ -1,9 +1,15 @@
-"""`python -m envserver --port 8765 --allow 'forager/*'`: the server without the forager CLI (tests, containers)."""
+"""`python -m envserver --port 8765 --allow 'forager/*'`: run the environment server (`forager serve` execs this).
+
+Progress (the warm pool filling) goes to stderr; with --json one JSON line on stdout says it is serving
+(url, server id, pool), or why it could not start.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +17,7 @@ import uvicorn
 
 from envserver.app import create_app
 from envserver.config import ServerConfig
+from envserver.docker_backend import Backend
 
 
 def parse_pool(items: list[str]) -> dict[str, int]:
@@ -23,11 +30,11 @@ def parse_pool(items: list[str]) -> dict[str, int]:
     return pool
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m envserver", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None)
+    p.add_argument("--token", default=None, help="bearer token clients must send")
     p.add_argument("--server-id", default=None)
     p.add_argument("--allow", action="append", default=[], help="image tag or glob; repeatable")
     p.add_argument("--catalog", type=Path, default=None)
@@ -35,18 +42,73 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", action="append", default=[], help="IMAGE=N warm containers; repeatable")
     p.add_argument("--reaper-interval", type=float, default=30.0)
     p.add_argument("--max-timeout", type=float, default=3600.0)
-    args = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="one JSON line on stdout once serving")
+    return p
+
+
+def _say(doc: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(doc), flush=True)
+    print(f"envserver: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         config = ServerConfig(
-            host=args.host, port=args.port, token=args.token, server_id=args.server_id, allow=args.allow,
-            catalog=args.catalog, pool_size=args.pool_size, pool=parse_pool(args.pool),
-            reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
+            host=args.host, port=args.port, token=args.token or os.environ.get("FORAGER_ENVSERVER_TOKEN") or None,
+            server_id=args.server_id, allow=args.allow, catalog=args.catalog, pool_size=args.pool_size,
+            pool=parse_pool(args.pool), reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
         )
         app = create_app(config)
-    except ValueError as exc:
-        sys.exit(f"envserver: {exc}")
-    print(json.dumps({"event": "starting", "server_id": config.resolved_server_id(), "url": f"http://{args.host}:{args.port}"}), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+        _say({"ok": False, "error": str(exc)}, args.json, str(exc))
+        sys.exit(2)
+    try:
+        Backend(pool_size=4).ping()  # say so plainly now, rather than as a failed startup traceback
+    except Exception as exc:
+        _say({"ok": False, "error": f"Docker is unavailable: {exc}"}, args.json, f"Docker is unavailable: {exc}")
+        sys.exit(3)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
+    url = f"http://{args.host}:{args.port}"
+
+    async def announce() -> None:
+        """Report the warm-up on stderr, then say once that we serve."""
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.05)
+        manager = app.state.manager
+        total, last = sum(config.pool.values()), None
+        while total:
+            stats = manager.pool.stats()
+            ready = sum(min(s["ready"], s["target"]) for s in stats.values())
+            if ready != last:
+                print(f"envserver: warming pool {ready}/{total}", file=sys.stderr, flush=True)
+                last = ready
+            if ready >= total or manager.pool.failures or server.should_exit:
+                break
+            await asyncio.sleep(0.2)
+        doc = {"ok": True, "event": "serving", "url": url, "server_id": manager.server_id, "pid": os.getpid(),
+               "removed_at_start": manager.startup_removed, "pool": manager.pool.stats(),
+               "pool_failures": manager.pool.failures, "allow": config.allow}
+        _say(doc, args.json, f"serving {url} as {manager.server_id} (docs: {url}/docs; Ctrl-C stops and removes all envs)")
+
+    async def serve() -> None:
+        watcher = asyncio.create_task(announce())
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+    if not server.started:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,47 @@
-"""Every Docker Engine API call the server makes, blocking, in one place.
+"""Every Docker Engine API call of Forager, blocking, in one place: the only code that starts a container.
 
-Callers on the event loop run these with `asyncio.to_thread`; only the bash session's socket is
-read on the loop itself (see session.py). Docker errors become the server's typed errors here.
+The env server runs these in threads (`asyncio.to_thread`); sandboxes (sandbox.py) call them directly.
+Docker errors become the server's typed errors here.
+
+Containers: pid 1 is a bash loop, not docker-init. A process is immune in its own PID namespace to
+signals it does not handle, so an agent's `kill -9 -1` kills its own processes but never the container;
+bash as pid 1 reaps the orphans it inherits. A container started with a *lifeline* has its stdin attached
+to the process that started it: when that process exits, however it dies (SIGKILL included), the kernel
+closes the socket, pid 1 reads end-of-file and exits, and Docker removes the container (auto-remove).
+Every container drops the Linux capabilities an env does not need, may not gain privileges, and gets a
+disk quota where the storage driver supports one (overlay2 on XFS with project quotas; see quota_support).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
-import json
+import secrets
+import shlex
 import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import docker
 import docker.errors
 import requests
 
+from envserver import archive
+from envserver.archive import FileStat  # noqa: F401  (the stat() return type, named here for callers)
 from envserver.errors import BadRequest, DockerUnavailable, EnvGone
-from envserver.models import Limits
 
-ENV_COMMAND = ["sleep", "infinity"]  # pid 2 under docker's init; the work happens in execs
+# pid 1 of an env: ignores every catchable signal, reaps orphans, outlives `kill -9 -1`.
+ENV_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while :; do sleep 86400 & wait $!; done'
+# pid 1 of a sandbox with a lifeline: the same, and exits when its owner's stdin stream ends.
+LIFELINE_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while read -r _; do :; done; exit 0'
+# Docker's default set minus what an env never needs (mknod, raw sockets, file capabilities, chroot,
+# audit): root in an env can still install packages, chown files and kill its own processes.
+KEEP_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
+RUN_DIR = "/.forager-run"  # detached runs' output files; outside /tmp, which a test may wipe
+OUTPUT_CAP = 1 << 20  # bytes of a detached run's output kept (head and tail) by default
+KILLED = 137  # 128 + SIGKILL: what `timeout -s KILL` (and the OOM killer) leave as exit status
 
 
 def _docker_errors(fn):
@@ -34,7 +51,7 @@ def _docker_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (docker.errors.NotFound, BadRequest, EnvGone):
+        except (docker.errors.NotFound, BadRequest, EnvGone, FileNotFoundError):
             raise
         except docker.errors.APIError as exc:
             if exc.status_code is not None and exc.status_code < 500:
@@ -47,19 +64,18 @@ def _docker_errors(fn):
 
 
 @dataclass
-class FileStat:
-    name: str
-    size: int
-    mode: int  # Go os.FileMode bits
-    link_target: str
+class RunResult:
+    """A detached run: exit code (None when killed at its deadline), merged output (head and tail kept)."""
+
+    exit_code: int | None
+    output: bytes
+    timed_out: bool = False
+    truncated: bool = False
+    seconds: float = 0.0
 
     @property
-    def is_dir(self) -> bool:
-        return bool(self.mode & (1 << 31))
-
-    @property
-    def is_symlink(self) -> bool:
-        return bool(self.mode & (1 << 27))
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
 
 
 class Backend:
@@ -67,6 +83,8 @@ class Backend:
         self.client = client or docker.from_env(timeout=600, max_pool_size=pool_size)
         self.api = self.client.api
         self._image_cache: dict[str, tuple[str, str | None]] = {}
+        self._quota: bool | None = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ containers
 
@@ -86,30 +104,73 @@ class Backend:
         return self._image_cache[image]
 
     @_docker_errors
-    def start_container(self, image: str, name: str, labels: dict[str, str], limits: Limits, network_mode: str) -> str:
+    def image_id(self, image: str) -> str:
+        return self.api.inspect_image(image)["Id"]
+
+    def quota_support(self) -> bool:
+        """Whether containers can get a disk quota here: overlay2 on XFS mounted with pquota (Docker's
+        only per-container size limit for overlay2). Probed once by creating a container with one."""
+        with self._lock:
+            if self._quota is None:
+                self._quota = self._probe_quota()
+            return self._quota
+
+    def _probe_quota(self) -> bool:
+        info = self.api.info()
+        backing = dict(info.get("DriverStatus") or [])
+        if info.get("Driver") != "overlay2" or backing.get("Backing Filesystem") != "xfs":
+            return False
+        images = [t for i in self.api.images() for t in (i.get("RepoTags") or []) if t != "<none>:<none>"]
+        if not images:
+            return False
+        try:
+            cid = self.api.create_container(images[0], command=["true"], entrypoint=[], host_config=
+                                            self.api.create_host_config(storage_opt={"size": "64M"}))["Id"]
+        except docker.errors.APIError:
+            return False
+        self.api.remove_container(cid, force=True)
+        return True
+
+    @_docker_errors
+    def start_container(
+        self, image: str, *, name: str | None = None, labels: dict[str, str], cpus: float | None, memory_mb: int,
+        pids: int, network_mode: str = "none", env: dict[str, str] | None = None, workdir: str | None = None,
+        disk_mb: int | None = None, lifeline: bool = False,
+    ) -> tuple[str, socket.socket | None]:
+        """Create and start a container; returns (id, the lifeline socket or None). The one place that does."""
+        storage = {"size": f"{disk_mb}M"} if disk_mb and self.quota_support() else None
         host_config = self.api.create_host_config(
-            init=True,
             network_mode=network_mode,
-            nano_cpus=int(limits.cpus * 1e9),
-            mem_limit=f"{limits.memory_mb}m",
-            memswap_limit=f"{limits.memory_mb}m",  # no swap: a memory limit that holds
-            pids_limit=limits.pids,
+            nano_cpus=int(cpus * 1e9) if cpus else None,
+            mem_limit=f"{memory_mb}m",
+            memswap_limit=f"{memory_mb}m",  # no swap: a memory limit that holds
+            pids_limit=pids,
             security_opt=["no-new-privileges"],
+            cap_drop=["ALL"],
+            cap_add=KEEP_CAPS,
+            storage_opt=storage,
+            auto_remove=lifeline,
         )
         try:
             cid = self.api.create_container(
-                image, entrypoint=ENV_COMMAND, command=[], name=name, labels=labels, host_config=host_config,
-                network_disabled=network_mode == "none",
+                image, entrypoint=["/bin/bash", "-c", LIFELINE_INIT if lifeline else ENV_INIT], command=[],
+                name=name, labels=labels, host_config=host_config, environment=env, working_dir=workdir,
+                network_disabled=network_mode == "none", stdin_open=lifeline, detach=not lifeline,
             )["Id"]
         except docker.errors.ImageNotFound:  # removed from the host since we looked
             self._image_cache.pop(image, None)
             raise BadRequest(f"image {image!r} is not present on this Docker host (nothing is pulled)") from None
+        sock = None
         try:
+            if lifeline:
+                sock = self.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             self.api.start(cid)
         except Exception:
+            if sock is not None:
+                sock.close()
             self.remove(cid)
             raise
-        return cid
+        return cid, sock
 
     @_docker_errors
     def remove(self, container_id: str) -> None:
@@ -130,11 +191,25 @@ class Backend:
         ]
 
     @_docker_errors
-    def is_running(self, container_id: str) -> bool:
+    def state(self, container_id: str) -> dict | None:
+        """The container's State (Running, OOMKilled, ExitCode, ...), or None when it no longer exists."""
         try:
-            return bool(self.api.inspect_container(container_id)["State"]["Running"])
+            return self.api.inspect_container(container_id)["State"]
         except docker.errors.NotFound:
-            return False
+            return None
+
+    def is_running(self, container_id: str) -> bool:
+        state = self.state(container_id)
+        return bool(state and state.get("Running"))
+
+    @_docker_errors
+    def cpu_seconds(self, container_id: str) -> float:
+        """CPU time the container has used so far (its cgroup's counter)."""
+        try:
+            stats = self.api.stats(container_id, stream=False)
+            return stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+        except (docker.errors.APIError, KeyError, TypeError):
+            return 0.0
 
     def watch_deaths(self, label: str, on_death: Callable[[str], None]) -> Callable[[], None]:
         """Call on_death(container_id) from a thread whenever a labelled container dies; returns a stopper."""
@@ -209,76 +284,100 @@ class Backend:
     @_docker_errors
     def run_script(
         self, container_id: str, script: str, timeout: float, user: str | None = None,
-        workdir: str | None = None, env: dict[str, str] | None = None,
-    ) -> tuple[int | None, bytes]:
-        """Run a bash script in a separate exec (not the agent's session), killed in the container after timeout."""
-        cmd = ["timeout", "-s", "KILL", str(max(1, int(timeout))), "bash", "-c", script]
+        workdir: str | None = None, env: dict[str, str] | None = None, cap: int = OUTPUT_CAP,
+    ) -> RunResult:
+        """Run a bash script in its own detached exec with a hard deadline; output through a file.
+
+        The script's output goes to a file, never to the exec's stream, so nothing it leaves running
+        (a `setsid` daemon holding stdout) can make this call wait: we poll the exec's state until it
+        ends or its deadline passes. At the deadline `timeout` kills the script's process group, and if
+        the exec is somehow still alive a second later, everything but pid 1 is killed. Output past `cap`
+        bytes keeps its head and tail around a marker.
+        """
+        token = secrets.token_hex(6)
+        out = f"{RUN_DIR}/{token}.out"
+        seconds = max(1, int(timeout + 0.999))
+        wrapper = (f"mkdir -p {RUN_DIR} && rm -f {RUN_DIR}/*.out; exec >{out} 2>&1 </dev/null; "
+                   f"exec timeout -s KILL {seconds} bash -c {shlex.quote(script)}")
+        started = time.monotonic()
         try:
-            exec_id = self.api.exec_create(
-                container_id, cmd, stdout=True, stderr=True, user=user or "", workdir=workdir, environment=env
-            )["Id"]
-            output = self.api.exec_start(exec_id)
+            exec_id = self.api.exec_create(container_id, ["bash", "-c", wrapper], stdout=False, stderr=False,
+                                           user=user or "", workdir=workdir, environment=env)["Id"]
+            self.api.exec_start(exec_id, detach=True)
         except docker.errors.NotFound as exc:
             raise EnvGone(f"container {container_id[:12]} is gone") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 raise EnvGone(f"container {container_id[:12]} is not running") from exc
             raise
-        return self.api.exec_inspect(exec_id).get("ExitCode"), output or b""
+        code, killed = self._wait_exec(container_id, exec_id, seconds + 1.0)
+        elapsed = time.monotonic() - started
+        timed_out = killed or (code == KILLED and elapsed >= seconds - 0.05)
+        try:
+            output, truncated = self._read_capped(container_id, out, cap)
+        except (docker.errors.NotFound, FileNotFoundError):
+            output, truncated = b"", False
+        return RunResult(None if timed_out else code, output, timed_out, truncated, elapsed)
 
-    # ------------------------------------------------------------------ files
+    def _wait_exec(self, container_id: str, exec_id: str, deadline: float) -> tuple[int | None, bool]:
+        started, pause, killed = time.monotonic(), 0.004, False
+        while True:
+            try:
+                info = self.api.exec_inspect(exec_id)
+            except docker.errors.NotFound as exc:
+                raise EnvGone(f"container {container_id[:12]} is gone") from exc
+            if not info.get("Running"):
+                return info.get("ExitCode"), killed
+            if not self.is_running(container_id):
+                raise EnvGone(f"container {container_id[:12]} stopped during a command")
+            if not killed and time.monotonic() - started > deadline:
+                # `timeout` itself was killed or stopped: take everything down but pid 1
+                kill = self.api.exec_create(container_id, ["bash", "-c", "kill -9 -1"], user="root")["Id"]
+                self.api.exec_start(kill)
+                killed = True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _read_capped(self, container_id: str, path: str, cap: int) -> tuple[bytes, bool]:
+        st = self.stat(container_id, path)
+        if st is None:
+            raise FileNotFoundError(path)
+        if st.size <= cap:
+            return self.read_file(container_id, path)[0], False
+        half = cap // 2
+        cut = f"{path}.cut"
+        marker = f"\n[... {st.size - 2 * half} bytes of output omitted ...]\n"
+        script = f"{{ head -c {half} {path}; printf %s {shlex.quote(marker)}; tail -c {half} {path}; }} > {cut}"
+        exec_id = self.api.exec_create(container_id, ["bash", "-c", script], user="root")["Id"]
+        self.api.exec_start(exec_id)
+        return self.read_file(container_id, cut)[0], True
+
+    # ------------------------------------------------------------------ files (archive.py does the tar work)
 
     @_docker_errors
     def stat(self, container_id: str, path: str) -> FileStat | None:
-        res = self.api.head(self.api._url("/containers/{0}/archive", container_id), params={"path": path})
-        if res.status_code == 404:
-            return None
-        self.api._raise_for_status(res)
-        raw = json.loads(base64.b64decode(res.headers["X-Docker-Container-Path-Stat"]))
-        return FileStat(raw.get("name", ""), raw.get("size", 0), raw.get("mode", 0), raw.get("linkTarget", ""))
+        return archive.stat(self, container_id, path)
 
     @_docker_errors
     def read_file(self, container_id: str, path: str) -> tuple[bytes, tarfile.TarInfo]:
-        stream, _stat = self.api.get_archive(container_id, path)
-        tar = tarfile.open(fileobj=io.BytesIO(b"".join(stream)))
-        member = tar.next()
-        data = tar.extractfile(member).read() if member is not None and member.isfile() else b""
-        return data, member
+        """A file's bytes and tar header through the archive API (FileNotFoundError when it does not exist)."""
+        return archive.read_file(self, container_id, path)
 
     @_docker_errors
-    def write_file(self, container_id: str, path: str, data: bytes, template: tarfile.TarInfo | None = None) -> None:
-        """Write one file (mode/owner copied from `template` when given); its directory must exist."""
-        directory, _, name = path.rpartition("/")
-        info = tarfile.TarInfo(name)
-        if template is not None:
-            info.mode, info.uid, info.gid, info.uname, info.gname = (
-                template.mode, template.uid, template.gid, template.uname, template.gname,
-            )
-        else:
-            info.mode = 0o644
-        info.size, info.mtime = len(data), time.time()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(container_id, directory or "/", buf.getvalue())
+    def iter_tree(self, container_id: str, path: str) -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+        """Stream the tar of a directory (member, tar to extract it from), never holding it whole in memory."""
+        yield from archive.iter_tree(self, container_id, path)
 
     @_docker_errors
-    def write_files(self, container_id: str, directory: str, files: dict[str, bytes]) -> None:
-        """Write several files under `directory` (which must exist), creating subdirectories they name."""
-        buf = io.BytesIO()
-        now = time.time()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            made: set[str] = set()
-            for rel, data in files.items():
-                parts = rel.split("/")[:-1]
-                for i in range(1, len(parts) + 1):
-                    d = "/".join(parts[:i])
-                    if d not in made:
-                        dinfo = tarfile.TarInfo(d)
-                        dinfo.type, dinfo.mode, dinfo.mtime = tarfile.DIRTYPE, 0o755, now
-                        tar.addfile(dinfo)
-                        made.add(d)
-                info = tarfile.TarInfo(rel)
-                info.size, info.mode, info.mtime = len(data), 0o644, now
-                tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(container_id, directory, buf.getvalue())
+    def put_tar(self, container_id: str, directory: str, data: bytes) -> None:
+        """Extract a tar into `directory` (created first if missing)."""
+        archive.put_tar(self, container_id, directory, data)
+
+    def write_file(self, container_id: str, path: str, data: bytes, template: tarfile.TarInfo | None = None,
+                   mtime: float | None = None) -> None:
+        """Write one file (mode/owner copied from `template` when given); its directory is made if missing."""
+        self.put_tar(container_id, path.rpartition("/")[0] or "/", archive.file_tar(path, data, template, mtime))
+
+    def write_files(self, container_id: str, directory: str, files: dict[str, bytes], mode: int = 0o644) -> None:
+        """Write several files under `directory`, creating it and the subdirectories they name."""
+        self.put_tar(container_id, directory, archive.files_tar(files, mode))

@@ -172,14 +172,16 @@ class Manager:
         self.owned.add(env_id)  # before the container exists, so the reaper never takes it for an orphan
         cid, session = None, None
         starting = asyncio.ensure_future(asyncio.to_thread(
-            self.backend.start_container, image, f"forager-{env_id}", labels, limits, self.config.network_mode
+            self.backend.start_container, image, name=f"forager-{env_id}", labels=labels, cpus=limits.cpus,
+            memory_mb=limits.memory_mb, pids=limits.pids, network_mode=self.config.network_mode,
         ))
         try:
             try:
-                cid = await asyncio.shield(starting)
+                cid, _ = await asyncio.shield(starting)
             except asyncio.CancelledError:
                 # Cancelled (shutdown) while Docker starts it: the thread carries on, so wait and remove what it made.
-                cid = await _settled(starting)
+                started = await _settled(starting)
+                cid = started[0] if started else None
                 raise
             if workdir is None:
                 workdir = image_workdir

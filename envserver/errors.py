@@ -24,6 +24,13 @@ class EnvGone(EnvServerError):
     status, code = 409, "env_gone"
 
 
+class EnvBroken(EnvGone):
+    """The env stopped working because of what the agent did in it (exhausted its memory, removed its
+    shell): a result of the episode, not an infrastructure failure to retry."""
+
+    code = "env_broken"
+
+
 class DockerUnavailable(EnvServerError):
     status, code = 503, "docker_unavailable"
 
@@ -47,5 +54,5 @@ class ServerUnreachable(EnvServerError):
 
 
 BY_CODE: dict[str, type[EnvServerError]] = {
-    cls.code: cls for cls in (UnknownEnv, EnvGone, DockerUnavailable, BadRequest, ImageNotAllowed, Unauthorized)
+    cls.code: cls for cls in (UnknownEnv, EnvGone, EnvBroken, DockerUnavailable, BadRequest, ImageNotAllowed, Unauthorized)
 }

@@ -31,8 +31,9 @@ TEST_PATCH_PATH = "/tmp/forager-test.patch"
 LOG_LIMIT = 20_000
 
 
-def _run(backend: Backend, cid: str, script: str, workdir: str, timeout: float = 300):
-    return asyncio.to_thread(backend.run_script, cid, script, timeout, None, workdir)
+async def _run(backend: Backend, cid: str, script: str, workdir: str, timeout: float = 300):
+    r = await asyncio.to_thread(backend.run_script, cid, script, timeout, None, workdir)
+    return (137 if r.timed_out else r.exit_code), r.output
 
 
 async def head_commit(session) -> str | None:
@@ -138,9 +139,7 @@ rm -f {TEST_PATCH_PATH}""", workdir)
 async def _run_tests(backend: Backend, cid: str, workdir: str, spec: GradingSpec, log: list[str]) -> dict:
     # A fresh report name per run: a file the agent left behind can never be read as the result.
     xml = f"/tmp/forager-junit-{secrets.token_hex(8)}.xml"
-    code, out = await asyncio.to_thread(
-        backend.run_script, cid, f"{spec.test_command} {pytest_args(xml)}", spec.timeout, None, workdir
-    )
+    code, out = await _run(backend, cid, f"{spec.test_command} {pytest_args(xml)}", workdir, spec.timeout)
     text = out.decode(errors="replace")
     log.append(f"$ {spec.test_command}  (exit {code})\n{text[-LOG_LIMIT:]}")
     if code == 137:

@@ -16,9 +16,34 @@ Outcome = Literal["passed", "failed", "error", "skipped"]
 _PYTEST_ARGS = "--junitxml={path} -o junit_family=xunit1 -p no:cacheprovider"
 
 
-def pytest_args(xml_path: str) -> str:
-    """Arguments appended to a pytest command so it writes the report this module reads."""
-    return _PYTEST_ARGS.format(path=xml_path)
+def pytest_args(xml_path: str, per_test_timeout: int | None = None) -> str:
+    """Arguments appended to a pytest command so it writes the report this module reads.
+
+    With `per_test_timeout`, pytest-timeout (which the image must have) fails a test that runs longer,
+    by a signal in that test, so one hanging test costs seconds and the rest of the run goes on.
+    """
+    args = _PYTEST_ARGS.format(path=xml_path)
+    if per_test_timeout:
+        args += f" --timeout={int(per_test_timeout)} --timeout-method=signal"
+    return args
+
+
+TIMEOUT_MESSAGE = "Timeout >"  # how pytest-timeout's failure message begins ("Failed: Timeout >10.0s")
+
+
+def timed_out(xml_text: str) -> list[str]:
+    """Node ids of tests the per-test timeout killed, from a JUnit report."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError:
+        return []
+    found = []
+    for case in root.iter("testcase"):
+        for child in case:
+            if child.tag in ("failure", "error") and TIMEOUT_MESSAGE in (child.get("message") or "")[:200]:
+                found.append(node_id(case.get("classname", ""), case.get("name", ""), case.get("file")))
+                break
+    return sorted(set(found))
 
 
 def node_id(classname: str, name: str, file: str | None) -> str:

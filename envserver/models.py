@@ -24,6 +24,9 @@ class GradingSpec(BaseModel):
     fail_to_pass: list[str] = Field(default_factory=list)
     pass_to_pass: list[str] = Field(default_factory=list)
     timeout: int = Field(default=900, ge=1, le=7200)
+    per_test_timeout: int | None = Field(
+        default=None, ge=1, le=7200, description="seconds one test may run (needs pytest-timeout in the image)"
+    )
 
 
 class CreateEnvRequest(BaseModel):
@@ -102,5 +105,6 @@ class ToolSchema(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: Literal["unknown_env", "env_gone", "docker_unavailable", "bad_request", "image_not_allowed", "unauthorized"]
+    error: Literal["unknown_env", "env_gone", "env_broken", "docker_unavailable", "bad_request", "image_not_allowed",
+                   "unauthorized"]
     message: str

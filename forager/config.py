@@ -1,12 +1,14 @@
-"""Where Forager keeps its data and which services it talks to.
+"""Where Forager keeps its data, which services it talks to, and the fleet's timings: one `Settings`.
 
-Everything is overridable by environment variables so tests, CI and multi-host
-deployments can point the same code at different places without a config file.
+`Settings.from_env()` reads the FORAGER_* environment variables; only entry points call it (the CLI, a
+worker process, a job function RQ runs). Library code takes a Settings, so a test or a second home needs
+no environment variables.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -31,6 +33,11 @@ class Settings(BaseModel):
     model_name: str | None = None
     model_api_key: str | None = None
     model_protocol: str = "tools"  # openai policy: "tools" (native function calling) or "text" (CWM's tags)
+    # The fleet. Infra failures are retried after these waits (s), one retry per wait.
+    retry_intervals: tuple[int, ...] = (5, 15, 45, 120)
+    job_monitor_interval: int = 10  # s between a worker's heartbeats (and checks on its work horse)
+    heartbeat_grace: int = 30  # s a job's lease outlives the next expected heartbeat
+    maintenance_interval: int = 30  # s between sweeps that requeue jobs of dead workers
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -44,6 +51,10 @@ class Settings(BaseModel):
             model_name=os.environ.get("FORAGER_MODEL") or None,
             model_api_key=os.environ.get("FORAGER_MODEL_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
             model_protocol=_env("FORAGER_MODEL_PROTOCOL", "tools"),
+            retry_intervals=tuple(int(x) for x in _env("FORAGER_RETRY_INTERVALS", "5,15,45,120").split(",") if x),
+            job_monitor_interval=int(_env("FORAGER_JOB_MONITOR_INTERVAL", "10")),
+            heartbeat_grace=int(_env("FORAGER_HEARTBEAT_GRACE", "30")),
+            maintenance_interval=int(_env("FORAGER_MAINTENANCE_INTERVAL", "30")),
         )
 
     # Layout of the data directory: one place to change it.
@@ -78,3 +89,8 @@ class Settings(BaseModel):
 
 def base_image_tag(python: str = DEFAULT_PYTHON) -> str:
     return f"{BASE_IMAGE_REPO}:py{python}"
+
+
+def safe_name(text: str, limit: int | None = None) -> str:
+    """A file-name and job-id safe form of `text`: letters, digits, '.', '_' and '-'; never empty."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[: limit or None] or "_"

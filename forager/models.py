@@ -16,7 +16,13 @@ TestOutcome = Literal["passed", "failed", "error", "skipped"]
 # ---------------------------------------------------------------- repositories and images
 
 SourceKind = Literal["github", "git", "local", "pypi"]
-BuildStatus = Literal["ok", "clone", "detect", "install", "collect", "timeout", "low_pass_rate", "error"]
+BuildStatus = Literal[
+    "ok", "clone", "detect", "install", "collect", "timeout", "low_pass_rate", "error",
+    "toolchain",  # compiled code that needs a compiler or a toolchain the image could not get
+    "system_library",  # a system library (headers) a dependency needs is missing
+    "resolution",  # dependencies do not resolve (at the commit's date)
+    "python_unavailable",  # no base image for a Python the project supports
+]
 
 
 class RepoSpec(BaseModel):
@@ -61,6 +67,11 @@ class ImageRecord(BaseModel):
     log_path: str | None = None
     pip_freeze: list[str] = Field(default_factory=list)
     test_runner: str | None = Field(default=None, description="'pytest', or 'unittest' (a unittest suite run through pytest)")
+    per_test_timeout: int | None = Field(
+        default=None, description="seconds one test may run in validation and grading (pytest-timeout); None: no limit"
+    )
+    timed_out_tests: list[str] = Field(default_factory=list, description="tests killed by the per-test timeout")
+    commit_date: float | None = Field(default=None, description="the commit's committer date (unix time)")
     created_at: float = Field(default_factory=time.time)
 
     @property
@@ -114,6 +125,7 @@ class Task(BaseModel):
     fail_to_pass: list[str]
     pass_to_pass: list[str] = Field(default_factory=list)
     gold_patch: str = Field(default="", description="a known fix, applied to the agent's starting state")
+    per_test_timeout: int | None = Field(default=None, description="seconds one test may run at grading (the image's)")
     mutation: Mutation | None = None
     hide_tests: bool = True
     origin: TaskOrigin | None = Field(default=None, description="how the task was made (None: older records)")

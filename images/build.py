@@ -21,6 +21,7 @@ import docker
 from docker.errors import BuildError, DockerException
 
 from forager.config import BASE_IMAGE_REPO, Settings
+from forager.errors import PushError
 from forager.models import ImageRecord, RepoSpec
 from images import catalog, layers, sources
 from images.detect import DetectError, detect
@@ -169,7 +170,7 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
 
         v_started = time.monotonic()
         result = validate(
-            client, tag, det.test_command, timeout=opts.test_timeout, min_pass_rate=opts.min_pass_rate, runs=opts.runs, log=log
+            tag, det.test_command, timeout=opts.test_timeout, min_pass_rate=opts.min_pass_rate, runs=opts.runs, log=log
         )
         record.validate_seconds = round(time.monotonic() - v_started, 2)
         record.pip_freeze = result.pip_freeze
@@ -299,9 +300,6 @@ def build_list(
     prune_build_leftovers(client)
     return records
 
-
-class PushError(Exception):
-    """Tagging or pushing an image to a registry failed."""
 
 
 def push_image(client: docker.DockerClient, record: ImageRecord, destination: str) -> str:

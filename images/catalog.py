@@ -1,49 +1,34 @@
 """The image catalog: $FORAGER_HOME/catalog.jsonl, one ImageRecord per line, appended.
 
-Appends are whole lines under an exclusive file lock, so parallel builders (threads or processes)
-never interleave. Readers take the last record per (repo, source, commit); a line that does not parse
+Appends are whole lines under an exclusive file lock (forager.jsonl), so parallel builders (threads or
+processes) never interleave. Readers take the last record per (repo, source, commit); a line that does not parse
 (a crash mid-write on another filesystem) is skipped with a warning, never fatal.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from forager import jsonl
 from forager.models import ImageRecord
 
 log = logging.getLogger(__name__)
 
 
 def append_record(path: str | Path, record: ImageRecord) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = record.model_dump_json() + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(line)
-            fh.flush()
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    jsonl.append(path, [record])
 
 
 def load_records(path: str | Path) -> list[ImageRecord]:
     """Every build outcome, the last record per (repo, source, commit), in order of first appearance."""
-    path = Path(path)
-    if not path.exists():
-        return []
     latest: dict[tuple, ImageRecord] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, obj, _line in jsonl.read(path):
         try:
-            record = ImageRecord.model_validate(json.loads(line))
-        except (json.JSONDecodeError, ValidationError) as exc:
+            if obj is None:
+                raise ValueError("not a JSON object")
+            record = ImageRecord.model_validate(obj)
+        except ValueError as exc:  # pydantic's ValidationError is one
             log.warning("%s:%d: skipping unreadable catalog line: %s", path, number, str(exc)[:200])
             continue
         key = (record.repo, record.source, record.commit)

@@ -29,6 +29,7 @@ from pathlib import Path
 import git
 import yaml
 
+from forager.errors import SourceError
 from forager.models import RepoSpec
 
 # Fields a YAML/TOML entry may set besides `source`.
@@ -47,9 +48,6 @@ _FIXED_COMMIT_ENV = {
     "GIT_COMMITTER_DATE": "2000-01-01T00:00:00+0000",
 }
 
-
-class SourceError(Exception):
-    """The source could not be fetched (failure class `clone`)."""
 
 
 # ---------------------------------------------------------------- parsing

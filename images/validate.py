@@ -1,4 +1,4 @@
-"""Validation: run an image's test suite inside it, twice, with no network and a timeout.
+"""Validation: run an image's test suite inside it, twice, in a sandbox (no network, a deadline, a lifeline).
 
 Outcomes come only from the JUnit XML pytest writes (envserver.junit), never from printed text. A test
 whose outcome differs between the two runs is flaky and does not count either way.
@@ -6,18 +6,12 @@ whose outcome differs between the two runs is flaky and does not count either wa
 
 from __future__ import annotations
 
-import io
-import shlex
-import tarfile
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-import docker
 
 from envserver.junit import node_id, parse_junit, pytest_args, summarize
-
-TIMEOUT_EXIT = 124  # coreutils `timeout`
+from envserver.sandbox import Backend, DockerSandbox, run_pytest
 
 
 @dataclass
@@ -34,39 +28,28 @@ class Validation:
 
 
 def validate(
-    client: docker.DockerClient, image: str, test_command: str, *, timeout: int, min_pass_rate: float, runs: int = 2, log=print
+    image: str, test_command: str, *, timeout: int, min_pass_rate: float, runs: int = 2, log=print,
+    backend: Backend | None = None,
 ) -> Validation:
-    # The container outlives no build: if this process dies, its sleep ends and Docker removes it.
-    container = client.containers.run(
-        image,
-        ["sleep", str(runs * (timeout + 30) + 120)],
-        detach=True,
-        auto_remove=True,
-        network_mode="none",
-        init=True,
-        mem_limit="4g",
-        pids_limit=2048,
-        labels={"forager.kind": "validate", "forager.image": image},
-    )
-    try:
+    # A sandbox with a lifeline: if this process dies, the container goes with it.
+    with DockerSandbox.start(image, kind="validate", backend=backend, labels={"forager.image": image},
+                             ttl=runs * (timeout + 60) + 600) as box:
         # Recorded here rather than in the build, which keeps the rebuild of a new commit one step shorter.
-        freeze = _exec(container, "python -m pip freeze --all 2>/dev/null")[1]
+        freeze = box.run("python -m pip freeze --all 2>/dev/null > /tmp/forager-freeze.txt", 300)
+        frozen = (box.read_text("/tmp/forager-freeze.txt") or "").splitlines() if freeze.exit_code == 0 else []
         runs_outcomes: list[dict[str, str]] = []
         first_seconds = None
         for run in range(1, runs + 1):
-            xml_path = f"/tmp/forager-junit-{run}.xml"
-            command = f"{test_command} {pytest_args(xml_path)}"
-            wrapped = f"timeout -k 10 {int(timeout)} bash -lc {shlex.quote(command)}"
-            log(f"$ {command}   # run {run}/{runs}, timeout {timeout}s, network none")
-            started = time.monotonic()
-            code, output = _exec(container, wrapped)
-            seconds = time.monotonic() - started
-            first_seconds = first_seconds if first_seconds is not None else seconds
-            log(output)
-            log(f"exit code {code} after {seconds:.1f}s")
-            if code in (TIMEOUT_EXIT, 137) and seconds >= timeout:
-                return Validation("timeout", f"test run {run} exceeded {timeout}s", test_seconds=seconds, pip_freeze=freeze.splitlines())
-            xml = _read_file(container, xml_path)
+            report = f"/tmp/forager-junit-{run}.xml"
+            log(f"$ {test_command} {pytest_args(report)}   # run {run}/{runs}, timeout {timeout}s, network none")
+            result = run_pytest(box, test_command, timeout, report=report)
+            first_seconds = first_seconds if first_seconds is not None else result.seconds
+            log(result.output)
+            log(f"exit code {result.exit_code} after {result.seconds:.1f}s")
+            if result.timed_out:
+                return Validation("timeout", f"test run {run} exceeded {timeout}s", test_seconds=result.seconds,
+                                  pip_freeze=frozen)
+            xml = result.junit
             try:
                 outcomes = parse_junit(xml) if xml else {}
             except ValueError as exc:
@@ -74,15 +57,12 @@ def validate(
                 outcomes = {}
             broken = _collection_errors(xml) if xml else []
             if not outcomes or len(broken) == len(outcomes):
-                why = "no JUnit report" if not xml else f"collection errors in {', '.join(broken[:5])}" if broken else "no tests collected"
-                return Validation("collect", f"{why} (pytest exit code {code})", test_seconds=seconds, pip_freeze=freeze.splitlines())
+                why = ("no JUnit report" if not xml else f"collection errors in {', '.join(broken[:5])}" if broken
+                       else "no tests collected")
+                return Validation("collect", f"{why} (pytest exit code {result.exit_code})",
+                                  test_seconds=result.seconds, pip_freeze=frozen)
             runs_outcomes.append(outcomes)
-    finally:
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-    return _judge(runs_outcomes, min_pass_rate, first_seconds, freeze.splitlines())
+    return _judge(runs_outcomes, min_pass_rate, first_seconds, frozen)
 
 
 def _judge(runs: list[dict[str, str]], min_pass_rate: float, seconds: float | None, freeze: list[str]) -> Validation:
@@ -116,19 +96,3 @@ def _collection_errors(xml: str) -> list[str]:
         for case in root.iter("testcase")
         if any(child.tag == "error" and "collection failure" in (child.get("message") or "") for child in case)
     )
-
-
-def _exec(container, command: str) -> tuple[int, str]:
-    result = container.exec_run(["bash", "-c", command], workdir="/repo", demux=False)
-    return result.exit_code, (result.output or b"").decode(errors="replace")
-
-
-def _read_file(container, path: str) -> str | None:
-    try:
-        stream, _ = container.get_archive(path)
-    except docker.errors.NotFound:
-        return None
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tf:
-        member = tf.getmembers()[0]
-        fh = tf.extractfile(member)
-        return fh.read().decode(errors="replace") if fh else None

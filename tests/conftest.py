@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures_envserver",
     "tests.fixtures_images",
     "tests.fixtures_tasks",
+    "tests.fixtures_loop",
 ]
 
 
@@ -39,7 +40,7 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def base_image(docker_client) -> str:
-    from forager.bootstrap import ensure_base_image
+    from images.base import ensure_base_image
 
     return ensure_base_image(docker_client)
 

@@ -7,12 +7,13 @@ The only stand-in is the model (a scripted OpenAI-compatible HTTP server on loop
 import pytest
 
 from envserver.client import EnvClient
-from forager.agent_loop import EpisodeInfraError, run_episode
+from forager.episodes.loop import EpisodeInfraError, run_episode
 from forager.models import Action, PolicyInfo
-from forager.policies import Decision, make_policy
-from forager.policies.openai import OpenAIPolicy, render_text_action
-from forager.policies.oracle import parse_hunks
-from forager.trajectories import TrajectoryStore
+from forager.episodes.policies import Decision, make_policy
+from forager.episodes.policies.openai import OpenAIPolicy
+from forager.trajectories.render import text_action as render_text_action
+from forager.episodes.policies.oracle import parse_hunks
+from forager.trajectories.store import TrajectoryStore
 from tests.conftest import free_port
 
 
@@ -163,7 +164,7 @@ def test_cli_episode_writes_one_trajectory_and_exports_it(synthesized, envserver
 
     from typer.testing import CliRunner
 
-    from forager.cli import app
+    from forager.cli.app import app
 
     home = tmp_path / "home"
     shutil.copytree(synthesized.settings.tasks_dir, home / "tasks")

@@ -6,6 +6,7 @@ Images are shared through the session's FORAGER_HOME (`images_home`), so the tin
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import socket
 import subprocess
@@ -17,16 +18,17 @@ import pytest
 from forager.config import Settings
 from images.build import BuildOptions, PushError, build_list, build_repo, push_image
 from images.catalog import load_catalog, load_records, ok_records
+from envserver.sandbox import DockerSandbox
 from images.sources import parse_entry, parse_list
-from forager.ui import progress
+from forager.cli.ui import progress
 from tests.fixtures_images import git_commit_all
 
 pytestmark = pytest.mark.slow
 
 
 def in_image(docker_client, image: str, command: str) -> str:
-    out = docker_client.containers.run(image, ["bash", "-lc", command], remove=True, network_mode="none")
-    return out.decode()
+    with DockerSandbox.start(image, kind="test") as box:
+        return box.run(f"bash -lc {shlex.quote(command)}", 120).text
 
 
 def write_repo(path: Path, files: dict[str, str]) -> Path:

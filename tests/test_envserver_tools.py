@@ -33,9 +33,11 @@ def test_env_info_and_listing(client, env, envserver, docker_client):
     assert labels["forager.server"] == envserver.server_id and labels["forager.env"] == env.id
     assert int(labels["forager.expires"]) >= int(env.created_at)
     hc = c.attrs["HostConfig"]
-    assert hc["NetworkMode"] == "none" and hc["Init"] is True
+    assert hc["NetworkMode"] == "none" and not hc.get("Init")  # pid 1 is our own reaping loop, not docker-init
     assert hc["NanoCpus"] > 0 and hc["Memory"] > 0 and hc["PidsLimit"] > 0
     assert not hc["Privileged"] and not hc["Binds"]
+    assert hc["CapDrop"] == ["ALL"] and "SYS_CHROOT" not in hc["CapAdd"] and "MKNOD" not in hc["CapAdd"]
+    assert "no-new-privileges" in hc["SecurityOpt"]
 
 
 def test_shell_merges_output_in_order_and_reports_exit_code(client, env):

@@ -20,7 +20,7 @@ from agent.queue import connect, episode_job_id, job_state
 from agent.status import collection_status
 from forager.config import Settings
 from forager.tasks.store import append_tasks
-from forager.trajectories import TrajectoryStore
+from forager.trajectories.store import TrajectoryStore
 from tests.fixtures_envserver import containers_of, start_envserver, stop_envserver
 from tests.test_fleet_support import busy_workers, fleet_env, private_db, run_cli, start_pool, stop_pool, wait_for
 
@@ -138,7 +138,8 @@ def test_env_server_down_mid_run_jobs_retry_and_complete(synthesized, docker_cli
 
 
 def test_a_plain_rq_worker_runs_episode_jobs(synthesized, envserver, fleet, tmp_path):
-    """Job functions are importable top-level functions with JSON arguments: stock `rq worker` works."""
+    """Job functions are importable top-level functions with JSON arguments: a stock `rq worker` with the JSON
+    serializer runs them (jobs are JSON, never pickles)."""
     import subprocess
     import sys
 
@@ -147,8 +148,9 @@ def test_a_plain_rq_worker_runs_episode_jobs(synthesized, envserver, fleet, tmp_
     out = run_cli(env, "collect", str(write_tasks([task], tmp_path / "tasks.jsonl")), *ORACLE_FAST, "--json")
     assert json.loads(out.stdout)["outcome"] == {"enqueued": 1}
     rq = [sys.executable, "-c", "from rq.cli import main; main()"]
-    done = subprocess.run([*rq, "worker", "--burst", "--url", fleet["redis_url"], fleet["queue"]], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*rq, "worker", "--burst", "--serializer", "rq.serializers.JSONSerializer",
+                           "--url", fleet["redis_url"], fleet["queue"]], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     job_id = episode_job_id(task.id, 0, "oracle", None)
     assert job_state(fleet["conn"], job_id) == "finished"

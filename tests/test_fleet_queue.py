@@ -13,9 +13,9 @@ from collections import Counter
 
 import pytest
 import redis
-from rq import Queue
 
-from agent.queue import JobSpec, connect, enqueue, enqueue_many, job_state
+
+from agent.queue import SERIALIZER, JobSpec, connect, enqueue, enqueue_many, get_queue, job_state
 from agent.status import collection_status, queue_counts
 from tests.conftest import free_port
 from tests.test_fleet_support import busy_workers, fleet_env, run_cli, start_pool, stop_pool, wait_for
@@ -43,7 +43,7 @@ def test_enqueue_same_ids_twice_adds_no_jobs(conn, queue_name, tmp_path):
     second = enqueue_many(specs, conn=conn, queue_name=queue_name, collection=queue_name)
     assert set(first.values()) == {"enqueued"}
     assert set(second.values()) == {"queued"}
-    assert Queue(queue_name, connection=conn).count == 5
+    assert get_queue(conn, queue_name).count == 5
     assert collection_status(conn, queue_name)["total"] == 5
 
 
@@ -51,7 +51,7 @@ def test_done_callback_skips_stored_work(conn, queue_name, tmp_path):
     specs = [JobSpec(MARK, {"log": "x", "token": f"j{i}"}, f"job-{queue_name}-{i}") for i in range(4)]
     out = enqueue_many(specs, conn=conn, queue_name=queue_name, done=lambda s: s.job_id.endswith(("-0", "-2")))
     assert Counter(out.values()) == {"enqueued": 2, "exists": 2}
-    assert Queue(queue_name, connection=conn).count == 2
+    assert get_queue(conn, queue_name).count == 2
 
 
 def test_finished_job_missing_from_this_store_runs_again(conn, queue_name, tmp_path):
@@ -60,19 +60,19 @@ def test_finished_job_missing_from_this_store_runs_again(conn, queue_name, tmp_p
 
     spec = JobSpec(MARK, {"log": str(tmp_path / "log"), "token": "only"}, f"job-{queue_name}-home")
     assert enqueue_many([spec], conn=conn, queue_name=queue_name) == {spec.job_id: "enqueued"}
-    SimpleWorker([Queue(queue_name, connection=conn)], connection=conn).work(burst=True)
+    SimpleWorker([get_queue(conn, queue_name)], connection=conn, serializer=SERIALIZER).work(burst=True)
     assert job_state(conn, spec.job_id) == "finished"
     # stored here: nothing to do; not stored here: enqueued again, once
     assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: True) == {spec.job_id: "finished"}
     assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: False) == {spec.job_id: "enqueued"}
     assert enqueue_many([spec], conn=conn, queue_name=queue_name, done=lambda s: False) == {spec.job_id: "queued"}
-    assert Queue(queue_name, connection=conn).count == 1
+    assert get_queue(conn, queue_name).count == 1
 
 
 def test_bad_job_id_is_a_clear_error_and_records_nothing(conn, queue_name):
     with pytest.raises(ValueError, match="letters, numbers"):
         enqueue(MARK, {}, "bad id: spaces", conn=conn, queue_name=queue_name, collection=queue_name)
-    assert Queue(queue_name, connection=conn).count == 0
+    assert get_queue(conn, queue_name).count == 0
     assert collection_status(conn, queue_name)["total"] == 0
 
 
@@ -129,7 +129,7 @@ def test_sigkilled_worker_job_runs_again_exactly_once(redis_url, conn, queue_nam
         # the pool replaced the dead worker: still 3 alive
         from rq import Worker
 
-        wait_for(lambda: len(Worker.all(queue=Queue(queue_name, connection=conn))) >= 3, "a respawned worker")
+        wait_for(lambda: len(Worker.all(queue=get_queue(conn, queue_name))) >= 3, "a respawned worker")
     finally:
         stop_pool(pool)
     leftovers = subprocess.run(["pgrep", "-f", f"agent.worker --queue {queue_name}"], capture_output=True, text=True)
@@ -162,7 +162,7 @@ def test_redis_restart_with_append_only_loses_no_queued_job(tmp_path, forager_ho
             enqueue(MARK, {"log": str(log), "token": f"j{i}"}, f"r-{i}", conn=c, queue_name="persist",
                     collection="persist")
         proc = restart(proc)
-        assert Queue("persist", connection=c).count == 10
+        assert get_queue(c, "persist").count == 10
         assert collection_status(c, "persist")["queued"] == 10
         pool = start_pool(fleet_env(url, forager_home, "persist"), 2, tmp_path / "pool.log")
         wait_for(lambda: queue_counts(c, "persist")["finished"] == 10, "the 10 queued jobs to run")
@@ -256,4 +256,4 @@ def test_cli_bad_input_is_a_clear_error(redis_url, forager_home, tmp_path):
         port = taken.getsockname()[1]
         busy = run_cli(env, "worker", "--metrics-port", str(port), "--json")
     assert busy.returncode == 1 and "cannot serve metrics" in json.loads(busy.stdout)["error"]
-    assert Queue("bad-input", connection=connect(redis_url)).count == 0
+    assert get_queue(connect(redis_url), "bad-input").count == 0

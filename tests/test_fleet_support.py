@@ -102,9 +102,11 @@ def wait_for(predicate, what: str, deadline: float = 180.0, poll: float = 0.25):
 
 
 def busy_workers(conn, queue: str) -> list:
-    from rq import Queue, Worker
+    from rq import Worker
 
-    return [w for w in Worker.all(queue=Queue(queue, connection=conn)) if w.get_current_job_id()]
+    from agent.queue import get_queue
+
+    return [w for w in Worker.all(queue=get_queue(conn, queue)) if w.get_current_job_id()]
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from forager.config import Settings
-from forager.trajectories import TrajectoryStore
+from forager.trajectories.store import TrajectoryStore
 from tests.conftest import free_port
 from tests.test_fleet_support import FORAGER, REPO, fleet_env, private_db, run_cli, wait_for
 

@@ -6,8 +6,11 @@ import json
 import subprocess
 import sys
 
-from forager import bootstrap
+from envserver.sandbox import DockerSandbox
+from forager.cli import machine
 from forager.config import base_image_tag
+from forager.errors import SetupError
+from images import base
 
 
 def _forager(*args: str) -> subprocess.CompletedProcess:
@@ -31,7 +34,7 @@ def test_second_setup_changes_nothing():
 
 
 def test_pip_conf_keeps_network_settings_and_drops_local_paths():
-    conf = bootstrap.host_pip_conf()
+    conf = base.host_pip_conf()
     assert conf.startswith("[global]\n")
     assert "file:" not in conf
     assert "cert = /usr/local/share/ca-certificates/forager-host-ca.crt" in conf
@@ -39,22 +42,19 @@ def test_pip_conf_keeps_network_settings_and_drops_local_paths():
 
 def test_base_image_verifies_tls_with_the_host_bundle(docker_client, base_image):
     assert base_image == base_image_tag()
-    out = docker_client.containers.run(
-        base_image,
-        ["bash", "-c", "python -c 'import ssl,os; print(os.environ[\"PIP_CERT\"]); ssl.create_default_context(cafile=os.environ[\"PIP_CERT\"])'; git --version; which python"],
-        remove=True,
-        network_mode="none",
-    ).decode()
+    with DockerSandbox.start(base_image, kind="test") as box:
+        out = box.run("python -c 'import ssl,os; print(os.environ[\"PIP_CERT\"]); "
+                      "ssl.create_default_context(cafile=os.environ[\"PIP_CERT\"])'; git --version; which python", 60).text
     assert "/usr/local/share/ca-certificates/forager-host-ca.crt" in out
     assert "git version" in out
     assert "/opt/venv/bin/python" in out
 
 
 def test_install_refusal_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(bootstrap, "_can_install", lambda: "not running as root")
+    monkeypatch.setattr(machine, "_can_install", lambda: "not running as root")
     try:
-        bootstrap.apt_install(["redis-server"], log=lambda m: None)
-    except bootstrap.SetupError as exc:
+        machine.apt_install(["redis-server"], log=lambda m: None)
+    except SetupError as exc:
         assert "apt-get install redis-server" in str(exc)
     else:
         raise AssertionError("apt_install must refuse when it cannot install")

@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from forager.policies.oracle import parse_hunks
-from forager.tasks.mutations import OPERATORS, functions, mutate_function, unified_diff
+from forager.episodes.policies.oracle import parse_hunks
+from forager.tasks.mutations import functions, unified_diff
+from forager.tasks.operators import OPERATORS, mutate_function
 from forager.tasks.synth import is_test_path, problem_statement
 
 SOURCE = '''\

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from forager.agent_loop import run_episode
+from forager.episodes.loop import run_episode
 from forager.config import Settings
 from forager.models import Action, PolicyInfo
-from forager.policies import Decision, make_policy
+from forager.episodes.policies import Decision, make_policy
 from forager.tasks.store import load_tasks
-from forager.tasks.swebench import import_instances, read_instances
+from forager.tasks.swebench import import_instances, read_instances, repo_entry
+from images.build import build_repo
+from images.sources import parse_entry
 
 SDIST = Path(__file__).parent / "data" / "swebench" / "cachetools-3.1.0.tar.gz"
 
@@ -66,7 +68,11 @@ def imported(tmp_path_factory, base_image):
         json.dumps({**instance("x"), "FAIL_TO_PASS": "[]", "instance_id": "empty-f2p"}),
         json.dumps({k: v for k, v in instance("x").items() if k != "base_commit"}),
     ]) + "\n")
-    return import_instances(jsonl, settings), settings
+    def build(inst):
+        entry, overrides = repo_entry(inst)
+        return build_repo(parse_entry(entry, **overrides), settings)
+
+    return import_instances(jsonl, settings, build=build), settings
 
 
 def test_malformed_records_are_reported_by_line_and_skipped(imported):

@@ -1,9 +1,8 @@
 """Mutate-fix synthesis on a real image built by the builder: tasks are real, checked outside the synthesizer."""
 
-import docker
-
+from envserver.errors import EnvServerError
 from envserver.junit import parse_junit
-from forager.tasks.sandbox import RepoContainer
+from envserver.sandbox import DockerSandbox, run_pytest
 from forager.tasks.store import load_tasks, tasks_path
 from forager.tasks.synth import run_synthesis
 
@@ -28,18 +27,18 @@ def test_synthesis_yields_validated_tasks(synthesized):
 def test_f2p_really_fail_with_the_patch_and_pass_without(synthesized, docker_client):
     """Independent check in a fresh container: apply setup_patch with git, run the suite, read JUnit."""
     rec = synthesized.record
-    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
+    with DockerSandbox.start(rec.tag, kind="test", workdir=rec.workdir) as box:
         for task in synthesized.tasks[:2]:
-            clean = parse_junit(box.run_tests(rec.test_command, 300).junit)
+            clean = parse_junit(run_pytest(box, rec.test_command, 300).junit)
             assert all(clean[t] == "passed" for t in task.fail_to_pass + task.pass_to_pass)
             box.write("/tmp/setup.diff", task.setup_patch)
-            assert box.sh("git apply /tmp/setup.diff")[0] == 0
-            broken = parse_junit(box.run_tests(rec.test_command, 300).junit)
+            assert box.run("git apply /tmp/setup.diff", 60).exit_code == 0
+            broken = parse_junit(run_pytest(box, rec.test_command, 300).junit)
             assert all(broken.get(t) in ("failed", "error") for t in task.fail_to_pass)
             assert all(broken[t] == "passed" for t in task.pass_to_pass)
             box.write("/tmp/gold.diff", task.gold_patch)
-            assert box.sh("git apply /tmp/gold.diff")[0] == 0
-            assert box.sh("git status --porcelain --untracked-files=no")[1].strip() == ""
+            assert box.run("git apply /tmp/gold.diff", 60).exit_code == 0
+            assert box.run("git status --porcelain --untracked-files=no", 60).text.strip() == ""
 
 
 def test_rerun_resumes_and_skips_decided_candidates(synthesized, tmp_path):
@@ -64,18 +63,18 @@ def test_a_hanging_mutation_is_dropped_by_the_timeout(synthesized, docker_client
 
     rec = synthesized.record
     path = "tinycalc/core.py"
-    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
-        original = box.read_bytes(path).decode()
+    with DockerSandbox.start(rec.tag, kind="test", workdir=rec.workdir) as box:
+        original = box.read(path).decode()
         hang = original.replace("def add(a, b):\n", "def add(a, b):\n    while True:\n        pass\n", 1)
         assert hang != original
         cand = Candidate(path, "add", 1, "remove_conditional", "hangs", hang)
-        box.sh(f"mkdir -p {PROBE_DIR}")
+        box.run(f"mkdir -p {PROBE_DIR}", 30)
         passing = {t for t, o in rec.test_outcomes.items() if o == "passed"}
         verdict, task = _validate(box, rec, cand, original, [], passing, 3, [], True)
         assert verdict == "timeout" and task is None
-        assert box.read_bytes(path).decode() == original
-        procs = box.sh("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done")[1]
-        assert "sleep infinity" in procs and "pytest" not in procs  # the listing works, and nothing is left running
+        assert box.read(path).decode() == original
+        procs = box.run("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done", 30).text
+        assert "while read" in procs and "pytest" not in procs  # the listing works, and nothing is left running
 
 
 def test_cli_tasks_list_export_dedupe_and_synth_resume(synthesized, images_home, tmp_path, monkeypatch):
@@ -84,7 +83,7 @@ def test_cli_tasks_list_export_dedupe_and_synth_resume(synthesized, images_home,
 
     from typer.testing import CliRunner
 
-    from forager.cli import app
+    from forager.cli.app import app
 
     home = tmp_path / "home"
     shutil.copytree(synthesized.settings.tasks_dir, home / "tasks")
@@ -136,7 +135,7 @@ def test_a_sandbox_killed_mid_run_ends_synthesis_with_an_error_and_keeps_what_wa
         if done == 1:
             docker_client.containers.list(filters=filters)[0].kill()
 
-    with pytest.raises(docker.errors.DockerException):
+    with pytest.raises(EnvServerError):
         run_synthesis(synthesized.record, settings, max_tasks=20, max_candidates=40, seed=2, workers=2,
                       on_progress=kill_one)
     assert made and made[0] == 1
@@ -147,10 +146,8 @@ def test_a_sandbox_killed_mid_run_ends_synthesis_with_an_error_and_keeps_what_wa
 
 def test_sandbox_reads_reports_through_the_archive_and_never_a_stale_one(synthesized, docker_client):
     rec = synthesized.record
-    with RepoContainer(docker_client, rec.tag, rec.workdir, label="test") as box:
-        first = box.run_tests(rec.test_command, 300)
+    with DockerSandbox.start(rec.tag, kind="test", workdir=rec.workdir) as box:
+        first = run_pytest(box, rec.test_command, 300)
         assert parse_junit(first.junit) and first.exit_code == 0
-        silent = box.run_tests("true", 30)  # writes no report: the previous run's must not be returned
+        silent = run_pytest(box, "true", 30)  # writes no report: the previous run's must not be returned
         assert silent.exit_code == 0 and silent.junit == ""
-        code, listing = box.output("git ls-files")
-        assert code == 0 and "tinycalc/core.py" in listing.splitlines()

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-from forager.cli import app
+from forager.cli.app import app
 from forager.trace.collect import collect_test_traces, trace_call_in_image, traces_path
 from forager.trace.export import read_traces
 
@@ -21,7 +21,7 @@ CORE = {"add", "mean", "clamp", "slugify", "count_vowels", "fizzbuzz"}
 @pytest.fixture(scope="session")
 def tiny_traces(docker_client, tiny_repo_image, tmp_path_factory):
     out = tmp_path_factory.mktemp("traces") / "tiny.jsonl"
-    summary = collect_test_traces(docker_client, tiny_repo_image, out, max_calls=2)
+    summary = collect_test_traces(tiny_repo_image, out, max_calls=2)
     traces, bad = read_traces(out)
     return summary, traces, bad
 
@@ -45,7 +45,7 @@ def test_the_tiny_repos_tests_yield_traces_of_its_functions(tiny_traces, tiny_re
 
 
 def test_one_call_in_the_image_gives_its_exact_frames(docker_client, tiny_repo_image):
-    trace = trace_call_in_image(docker_client, tiny_repo_image.tag, "tinycalc.core:clamp(42, 0, 10)",
+    trace = trace_call_in_image(tiny_repo_image.tag, "tinycalc.core:clamp(42, 0, 10)",
                                 repo="tinycalc")
     got = [(f.event, f.source.strip(), f.locals if f.locals is not None else f.value) for f in trace.frames]
     assert got == [
@@ -58,7 +58,7 @@ def test_one_call_in_the_image_gives_its_exact_frames(docker_client, tiny_repo_i
     ]
     assert trace.function == "tinycalc.core:clamp" and trace.target == "call"
     with pytest.raises(RuntimeError, match="NameError|AttributeError"):
-        trace_call_in_image(docker_client, tiny_repo_image.tag, "tinycalc.core:no_such_function(1)")
+        trace_call_in_image(tiny_repo_image.tag, "tinycalc.core:no_such_function(1)")
 
 
 def test_cli_traces_an_image_and_resumes(images_home, tiny_repo_image, tmp_path, monkeypatch):
@@ -101,7 +101,7 @@ def test_queue_runs_one_job_per_image_and_skips_traced_images(images_home, tiny_
 def test_a_run_past_its_timeout_is_killed_and_reported(docker_client, tiny_repo_image):
     forever = "import time\n\n\ndef spin():\n    while True:\n        time.sleep(0.05)\n"
     with pytest.raises(TimeoutError, match="longer than 3s"):
-        trace_call_in_image(docker_client, tiny_repo_image.tag, "spin()", snippet=forever, timeout=3)
+        trace_call_in_image(tiny_repo_image.tag, "spin()", snippet=forever, timeout=3)
     leftovers = docker_client.containers.list(all=True, filters={"label": "forager.kind=trace"})
     assert not [c for c in leftovers if c.labels.get("forager.test_run") == os.environ.get("FORAGER_TEST_RUN")]
 
@@ -109,6 +109,6 @@ def test_a_run_past_its_timeout_is_killed_and_reported(docker_client, tiny_repo_
 def test_a_run_without_traces_writes_nothing_so_it_is_retried(docker_client, tiny_repo_image, tmp_path):
     broken = tiny_repo_image.model_copy(update={"test_command": "python -m pytest -q tests/no_such_file.py"})
     out = tmp_path / "none.jsonl"
-    summary = collect_test_traces(docker_client, broken, out)
+    summary = collect_test_traces(broken, out)
     assert summary.traces == 0 and summary.exit_code not in (0, None) and "no traces" in summary.error
     assert not out.exists() and summary.out is None

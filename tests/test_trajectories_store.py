@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from forager.dedupe import dedupe_store, jaccard, action_set, near_duplicates
-from forager.export import export_trajectories, to_chat, to_cwm
+from forager.trajectories.dedupe import dedupe_store, jaccard, action_set, near_duplicates
+from forager.trajectories.export import export_trajectories, to_chat, to_cwm
 from forager.models import Action, EpisodeResult, Observation, PolicyInfo, Step, Trajectory
-from forager.policies.openai import parse_text_action
-from forager.trajectories import TrajectoryStore, trajectory_id
+from forager.trajectories.render import TEXT_TOOLS_HELP, parse_text_action
+from forager.trajectories.store import TrajectoryStore, trajectory_id
 
 
 def make_traj(task="calc__mf_1", attempt=0, commands=("ls", "pytest"), reward=1.0, repo="calc", model=None):
@@ -55,7 +55,9 @@ def test_a_torn_file_is_skipped_and_reported(tmp_path):
 def test_cwm_export_has_tool_blocks_and_outputs(tmp_path):
     rec = to_cwm(make_traj())
     roles = [t["role"] for t in rec["turns"]]
-    assert roles[:2] == ["system", "user"] and roles[2:] == ["assistant", "tool"] * 3
+    # CWM's text protocol: observations come back as user turns, exactly as a text-protocol model reads them
+    assert roles[:2] == ["system", "user"] and roles[2:] == ["assistant", "user"] * 3
+    assert rec["turns"][0]["content"].endswith(TEXT_TOOLS_HELP)
     assert "<tool: bash>\nls\n</tool>" in rec["text"] and "<output>\nout 0\n</output>" in rec["text"]
     # what the export writes parses back with the text protocol
     action, error = parse_text_action(rec["turns"][2]["content"])

@@ -10,7 +10,7 @@ import sys
 from rich.console import Console
 from rich.progress import TextColumn
 
-from forager.ui import LineProgress
+from forager.cli.ui import LineProgress
 
 
 def test_line_progress_prints_changes_and_completion_without_a_terminal():

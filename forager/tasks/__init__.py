@@ -15,6 +15,7 @@ def grading_spec(task: Task, timeout: int = 900) -> GradingSpec:
         fail_to_pass=task.fail_to_pass,
         pass_to_pass=task.pass_to_pass,
         timeout=timeout,
+        per_test_timeout=task.per_test_timeout,
     )
 
 

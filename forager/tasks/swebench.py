@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from forager.config import Settings
-from forager.models import ImageRecord, RepoSpec, Task
+from forager.models import ImageRecord, Task
 from forager.tasks.store import append_tasks, load_tasks, tasks_path
 
 
@@ -82,13 +82,11 @@ def read_instances(path: str | Path) -> tuple[list[tuple[int, SWEInstance]], lis
     return good, errors
 
 
-def repo_spec(inst: SWEInstance) -> RepoSpec:
-    from images.sources import parse_entry
-
+def repo_entry(inst: SWEInstance) -> tuple[str, dict[str, Any]]:
+    """The repository-list entry that builds this instance's image, and its overrides."""
     overrides = {k: v for k, v in {"test_command": inst.test_command, "python": inst.python,
                                    "install": inst.install}.items() if v}
-    entry = inst.source or f"{inst.repo}@{inst.base_commit}"
-    return parse_entry(entry, **overrides)
+    return inst.source or f"{inst.repo}@{inst.base_commit}", overrides
 
 
 def patch_files(patch: str) -> tuple[list[str], list[str]]:
@@ -120,25 +118,20 @@ def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
         pass_to_pass=inst.PASS_TO_PASS,
         gold_patch=inst.patch,
         hide_tests=False,
+        origin="imported",
     )
 
 
 def import_instances(
     path: str | Path,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
-    build: Callable[[RepoSpec], ImageRecord] | None = None,
+    build: Callable[[SWEInstance], ImageRecord],
     force: bool = False,
     on_progress: Callable[[int, int, str], None] | None = None,
 ) -> ImportReport:
-    """Build each instance's image at its base commit (the builder caches) and store the task."""
-    settings = settings or Settings.from_env()
-    if build is None:
-        from images.build import build_repo
-
-        def build(spec: RepoSpec) -> ImageRecord:
-            return build_repo(spec, settings)
-
+    """Build each instance's image at its base commit with `build` (the CLI hands in the builder; it
+    caches) and store the task. `build` raises ValueError for an entry it cannot parse."""
     report = ImportReport()
     instances, report.errors = read_instances(path)
     known = {t.id for t in load_tasks(settings.tasks_dir)} if settings.tasks_dir.exists() and not force else set()
@@ -147,12 +140,11 @@ def import_instances(
             report.skipped += 1
         else:
             try:
-                spec = repo_spec(inst)
+                record = build(inst)
             except ValueError as exc:
                 report.errors.append(f"{path}:{line}: {inst.instance_id}: {exc}")
-                spec = None
-            if spec is not None:
-                record = build(spec)
+                record = None
+            if record is not None:
                 if record.status != "ok" or not record.tag:
                     report.errors.append(f"{path}:{line}: {inst.instance_id}: image build failed "
                                          f"({record.status}: {record.reason[:300]})")

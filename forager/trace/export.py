@@ -15,9 +15,9 @@ exactly as CWM's debugger demo (demos/cwmdbg.py) builds its prompts. <|begin_of_
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from forager import jsonl
 from forager.trace.models import Trace
 
 TRACE_CONTEXT_START = "<|trace_context_start|>"
@@ -60,14 +60,13 @@ def read_traces(path: str | Path) -> tuple[list[Trace], list[str]]:
     """Every valid trace of a JSONL file, and a message per bad line (kept out, never fatal)."""
     traces: list[Trace] = []
     problems: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                traces.append(Trace.model_validate_json(line))
-            except ValueError as exc:
-                problems.append(f"{path}:{number}: not a trace: {str(exc).splitlines()[0]}")
+    for number, obj, _line in jsonl.read(path):
+        try:
+            if obj is None:
+                raise ValueError("not a JSON object")
+            traces.append(Trace.model_validate(obj))
+        except ValueError as exc:
+            problems.append(f"{path}:{number}: not a trace: {str(exc).splitlines()[0]}")
     return traces, problems
 
 
@@ -83,27 +82,21 @@ def export_traces(in_path: str | Path, out_path: str | Path, *, include_truncate
     files = sorted(in_path.glob("*.jsonl")) if in_path.is_dir() else [in_path]
     written = skipped = 0
     problems: list[str] = []
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            for file in files:
-                traces, bad = read_traces(file)
-                problems += bad
-                for trace in traces:
-                    if trace.truncated and not include_truncated:
-                        skipped += 1
-                        continue
-                    row = {
-                        "id": trace.id,
-                        "function": trace.function,
-                        "repo": trace.repo,
-                        "truncated": trace.truncated,
-                        "text": render_cwm_trace(trace),
-                    }
-                    out.write(json.dumps(row) + "\n")
-                    written += 1
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with jsonl.replacing(out_path) as out:
+        for file in files:
+            traces, bad = read_traces(file)
+            problems += bad
+            for trace in traces:
+                if trace.truncated and not include_truncated:
+                    skipped += 1
+                    continue
+                row = {
+                    "id": trace.id,
+                    "function": trace.function,
+                    "repo": trace.repo,
+                    "truncated": trace.truncated,
+                    "text": render_cwm_trace(trace),
+                }
+                out.write(json.dumps(row) + "\n")
+                written += 1
     return {"written": written, "skipped_truncated": skipped, "bad_lines": problems, "out": str(out_path)}

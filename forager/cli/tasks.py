@@ -1,0 +1,134 @@
+"""`forager tasks synth|import|list`: repair tasks in $FORAGER_HOME/tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from forager.cli.ui import console, fail, interruptible, print_json, progress
+from forager.config import Settings
+from forager.errors import ForagerError
+from forager.tasks.store import load_tasks
+from forager.tasks.swebench import SWEInstance, import_instances, repo_entry
+from forager.tasks.synth import synthesize_many
+from images.build import build_repo
+from images.catalog import ok_records
+from images.sources import parse_entry
+
+app = typer.Typer(no_args_is_help=True, help="Repair tasks: synthesize (mutate-fix), import (SWE-bench), list.")
+
+
+@app.command("synth")
+def synth(
+    repos: list[str] = typer.Argument(None, help="repo names from the catalog (default: every ok image)"),
+    max_tasks: int = typer.Option(20, "--max-tasks", min=1, help="target validated tasks per repo image"),
+    max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="candidate mutations validated per repo"),
+    timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run before a candidate counts as a hang (default: 5x the suite, at least 10)"),
+    time_budget: float | None = typer.Option(None, "--time-budget", min=1, help="seconds of candidate validation per repo (after the baseline run)"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                       help="sandboxes validating candidates in parallel per repo (default: CPUs, at most 4)"),
+    show_tests: bool = typer.Option(False, "--show-tests", help="name the failing tests in problem statements"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
+) -> None:
+    """Mutate-fix synthesis over ok catalog images (resumable: reruns skip decided candidates)."""
+    settings = Settings.from_env()
+    if not settings.catalog_path.exists():
+        fail(f"no catalog at {settings.catalog_path}: build images first (`forager build`)", json_out)
+    records = ok_records(settings.catalog_path)
+    if repos:
+        unknown = set(repos) - {r.repo for r in records}
+        if unknown:
+            fail(f"no ok image for: {', '.join(sorted(unknown))}", json_out)
+        records = [r for r in records if r.repo in repos]
+    if not records:
+        fail("no ok images in the catalog", json_out)
+    interruptible()
+    with progress() as bar:
+        overall = bar.add_task("repos", total=len(records), status="")
+
+        def on_start(rec):
+            t = bar.add_task(rec.repo, total=max_candidates, status="probing tests")
+            return lambda d, n, s: bar.update(t, completed=d, total=n, status=s)
+
+        outcomes = synthesize_many(records, settings, on_start=on_start,
+                                   on_done=lambda o: bar.update(overall, advance=1, status=o.repo),
+                                   max_tasks=max_tasks, max_candidates=max_candidates, timeout=timeout, seed=seed,
+                                   hide_tests=not show_tests, time_budget=time_budget, workers=workers)
+    results = []
+    for o in outcomes:
+        if o.error:
+            results.append({"repo": o.repo, "image": o.image, "ok": False, "error": o.error})
+            continue
+        rep = o.report
+        results.append({"repo": o.repo, "image": o.image, "ok": True, "tasks": len(rep.tasks), "new_tasks": rep.new_tasks,
+                        "tried": rep.tried, "skipped": rep.skipped, "verdicts": rep.verdicts,
+                        "functions": rep.functions, "out_of_time": rep.out_of_time, "seconds": round(rep.seconds, 2)})
+    total = sum(r.get("tasks", 0) for r in results)
+    if json_out:
+        print_json({"ok": all(r["ok"] for r in results), "tasks": total, "repos": results,
+                    "tasks_dir": str(settings.tasks_dir)})
+    else:
+        for r in results:
+            line = (f"{r['tasks']} tasks ({r['new_tasks']} new, {r['tried']} candidates tried)"
+                    if r["ok"] else f"[red]{r['error']}")
+            console.print(f"{r['repo']}: {line}")
+        console.print(f"{total} tasks in {settings.tasks_dir}")
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="SWE-bench instances, one JSON object per line"),
+    force: bool = typer.Option(False, "--force", help="re-import instances already in the task store"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Issue-fix tasks from SWE-bench JSONL; builds each image at base_commit. Bad lines are reported and skipped."""
+    if not file.exists():
+        fail(f"no such file: {file}", json_out)
+    settings = Settings.from_env()
+
+    def build(inst: SWEInstance):
+        entry, overrides = repo_entry(inst)
+        return build_repo(parse_entry(entry, **overrides), settings)
+
+    interruptible()
+    with progress() as bar:
+        t = bar.add_task("import", total=None, status="")
+        try:
+            rep = import_instances(file, settings, build=build, force=force,
+                                   on_progress=lambda d, n, s: bar.update(t, completed=d, total=n, status=s))
+        except ForagerError as exc:
+            fail(str(exc), json_out)
+    if json_out:
+        print_json({"ok": not rep.errors, "imported": [t.id for t in rep.tasks], "skipped": rep.skipped,
+                    "errors": rep.errors})
+    else:
+        for err in rep.errors:
+            console.print(f"[yellow]skipped[/] {err}")
+        console.print(f"{len(rep.tasks)} imported, {rep.skipped} already present, {len(rep.errors)} errors")
+    if rep.errors and not rep.tasks and not rep.skipped:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_(
+    repo: str | None = typer.Option(None, "--repo"),
+    kind: str | None = typer.Option(None, "--kind", help="mutate-fix | issue-fix"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Tasks in $FORAGER_HOME/tasks."""
+    settings = Settings.from_env()
+    tasks = load_tasks(settings.tasks_dir) if settings.tasks_dir.exists() else []
+    tasks = [t for t in tasks if (not repo or t.repo == repo) and (not kind or t.kind == kind)]
+    rows = [{"id": t.id, "kind": t.kind, "repo": t.repo, "image": t.image, "f2p": len(t.fail_to_pass),
+             "p2p": len(t.pass_to_pass), "mutation": t.mutation.operator if t.mutation else None,
+             "origin": t.origin, "certified": t.certificate.passed if t.certificate else None} for t in tasks]
+    if json_out:
+        print_json({"ok": True, "count": len(rows), "tasks": rows})
+        return
+    for r in rows:
+        console.print(f"{r['id']}  {r['kind']}  {r['mutation'] or ''}  F2P={r['f2p']} P2P={r['p2p']}")
+    console.print(f"{len(rows)} tasks")

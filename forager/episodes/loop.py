@@ -1,0 +1,196 @@
+"""The ForagerAgent loop: one task, one policy, one environment server → one Trajectory.
+
+create env (the task's broken state + hidden grading) → system prompt + problem statement → one tool
+call per turn until submit or a budget (turns, tokens, wall clock) ends it. Every end has an exit reason:
+
+- the agent's mistakes (a failed edit, a bad tool call, a non-zero exit) are observations, not ends;
+- `env_broken`: the agent's own command broke its env (exhausted its memory, removed its shell): the
+  trajectory is kept and the job is not retried, since running it again would only break it again;
+- `infra_error`: the infrastructure failed (server unreachable, Docker down, env gone for reasons of its
+  own); never shown to the agent as output. With `raise_infra=True` it is re-raised as
+  `EpisodeInfraError` (carrying the partial trajectory) so the fleet can retry.
+
+The env is always deleted. `EnvServer` is all the loop needs of an env server: `envserver.client.EnvClient`
+is the real one; tests also drive the loop with a scripted one in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from envserver.errors import EnvBroken, EnvServerError
+from forager.errors import EpisodeInfraError, ModelError
+from forager.episodes.policies import Decision, Episode, Policy
+from forager.episodes.prompts import SYSTEM_PROMPT
+from forager.models import Action, EpisodeResult, ExitReason, Observation, Step, Task, Trajectory
+from forager.tasks import env_request
+from forager.trajectories.store import trajectory_id as make_trajectory_id
+
+FORMAT_ERROR_LIMIT = 3
+
+__all__ = ["EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "run_episode"]
+
+
+class EnvServer(Protocol):
+    """The env server as the loop uses it (the methods of envserver.client.EnvClient)."""
+
+    def create_env(self, image: str, **request: Any) -> Any: ...  # returns an object with `.id`
+    def tools(self) -> list[dict[str, Any]]: ...
+    def shell(self, env_id: str, command: str, timeout: float | None = None) -> Any: ...
+    def edit(self, env_id: str, path: str, old: str, new: str) -> Any: ...
+    def create(self, env_id: str, path: str, content: str) -> Any: ...
+    def submit(self, env_id: str) -> Any: ...
+    def delete_env(self, env_id: str) -> None: ...
+
+
+def run_episode(
+    task: Task,
+    policy: Policy,
+    env_server: EnvServer,
+    *,
+    attempt: int = 0,
+    max_turns: int = 30,
+    max_tokens: int | None = None,
+    wall_clock: float | None = 1800,
+    trajectory_id: str | None = None,
+    raise_infra: bool = False,
+    format_error_limit: int = FORMAT_ERROR_LIMIT,
+    system_prompt: str = SYSTEM_PROMPT,
+    env_labels: dict[str, str] | None = None,
+    env_ttl: int | None = None,
+    shell_timeout: float | None = None,
+) -> Trajectory:
+    """Run one episode. `max_tokens` bounds the conversation (the last call's prompt + completion tokens)."""
+    started = time.time()
+    deadline = started + wall_clock if wall_clock else None
+    info = policy.info
+    traj_id = trajectory_id or make_trajectory_id(task.id, attempt, info.name, info.model)
+    episode = Episode(task=task, system_prompt=system_prompt, problem_statement=task.problem_statement)
+    result = EpisodeResult()
+    exit_reason: ExitReason | None = None
+    error: str | None = None
+    env_id: str | None = None
+    infra: EnvServerError | None = None
+    consecutive_format_errors = 0
+    context_tokens = 0
+    try:
+        req = env_request(task)
+        if env_labels:
+            req.labels.update(env_labels)
+        if env_ttl:
+            req.ttl = max(req.ttl, int(env_ttl))
+        env_id = env_server.create_env(req.image, ttl=req.ttl, workdir=req.workdir, setup_patch=req.setup_patch,
+                                       grading=req.grading, labels=req.labels).id
+        episode.tools = [_schema(t) for t in env_server.tools()]
+        while exit_reason is None:
+            if len(episode.steps) >= max_turns:
+                exit_reason = "max_turns"
+                break
+            if deadline and time.time() >= deadline:
+                exit_reason = "wall_clock"
+                break
+            if max_tokens and context_tokens >= max_tokens:
+                exit_reason = "max_tokens"
+                break
+            try:
+                decision = policy.next_action(episode)
+            except ModelError as exc:
+                exit_reason, error = "model_error", str(exc)
+                break
+            context_tokens = decision.prompt_tokens + decision.completion_tokens
+            env_started = time.monotonic()
+            if decision.format_error:
+                consecutive_format_errors += 1
+                obs = Observation(output="", error=decision.format_error, flags={"format_error": True})
+            else:
+                consecutive_format_errors = 0
+                remaining = deadline - time.time() if deadline else None
+                try:
+                    obs, submitted = _act(env_server, env_id, decision.action, shell_timeout, remaining)
+                except EnvBroken as exc:  # the step that broke the env is part of the record
+                    obs, submitted = Observation(output="", error=str(exc), flags={"env_broken": True}), None
+                    exit_reason, error = "env_broken", str(exc)
+                if submitted is not None:
+                    result = submitted
+                    exit_reason = "submitted"
+            episode.steps.append(_step(len(episode.steps), decision, obs, time.monotonic() - env_started))
+            if exit_reason is None and consecutive_format_errors >= format_error_limit:
+                exit_reason = "format_error_limit"
+                error = f"{consecutive_format_errors} consecutive malformed replies"
+    except EnvBroken as exc:
+        exit_reason, error = "env_broken", str(exc)
+    except EnvServerError as exc:
+        infra, exit_reason, error = exc, "infra_error", f"{type(exc).__name__}: {exc}"
+    finally:
+        if env_id is not None:
+            try:
+                env_server.delete_env(env_id)
+            except EnvServerError:
+                pass  # gone already, or the server is down: its reaper removes it by expiry
+    traj = Trajectory(
+        id=traj_id,
+        task_id=task.id,
+        task_kind=task.kind,
+        repo=task.repo,
+        image=task.image,
+        commit=task.commit,
+        attempt=attempt,
+        policy=info,
+        system_prompt=system_prompt,
+        problem_statement=task.problem_statement,
+        steps=episode.steps,
+        exit_reason=exit_reason or "infra_error",
+        error=error,
+        result=result,
+        started_at=started,
+        finished_at=time.time(),
+        prompt_tokens=sum(s.prompt_tokens for s in episode.steps),
+        completion_tokens=sum(s.completion_tokens for s in episode.steps),
+    )
+    if infra is not None and raise_infra:
+        raise EpisodeInfraError(error or "infrastructure error", traj) from infra
+    return traj
+
+
+def _schema(tool: Any) -> dict[str, Any]:
+    return tool.model_dump() if hasattr(tool, "model_dump") else dict(tool)
+
+
+def _step(index: int, decision: Decision, obs: Observation, env_seconds: float) -> Step:
+    return Step(index=index, action=decision.action, observation=obs, model_seconds=decision.model_seconds,
+                env_seconds=env_seconds, prompt_tokens=decision.prompt_tokens,
+                completion_tokens=decision.completion_tokens)
+
+
+def _act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | None,
+         remaining: float | None) -> tuple[Observation, EpisodeResult | None]:
+    """Run one tool call. Tool errors (bad arguments, failed edit) become observations; infra errors raise."""
+    args = action.arguments
+    try:
+        if action.tool == "shell":
+            timeout = shell_timeout
+            if remaining is not None:
+                timeout = max(1.0, min(timeout or 120.0, remaining))
+            r = server.shell(env_id, str(args["command"]), timeout=timeout)
+            flags = {k: v for k, v in {"timed_out": r.timed_out, "truncated": r.truncated,
+                                       "full_output_path": r.full_output_path}.items() if v}
+            return Observation(output=r.output, exit_code=r.exit_code, flags=flags), None
+        if action.tool == "edit":
+            r = server.edit(env_id, str(args["path"]), str(args["old"]), str(args["new"]))
+            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None
+        if action.tool == "create":
+            r = server.create(env_id, str(args["path"]), str(args["content"]))
+            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None
+        if action.tool == "submit":
+            r = server.submit(env_id)
+            result = EpisodeResult(
+                patch=r.patch, reward=r.reward or 0.0, tests=dict(r.tests), fail_to_pass=dict(r.fail_to_pass),
+                pass_to_pass=dict(r.pass_to_pass), dropped_files=list(getattr(r, "dropped_files", []) or []),
+                grading_error=getattr(r, "grading_error", None) or None,
+            )
+            summary = f"Submitted. Reward: {result.reward}" if r.graded else "Submitted."
+            return Observation(output=summary, flags={"graded": r.graded}), result
+    except KeyError as exc:
+        return Observation(output="", error=f"{action.tool}: missing argument {exc.args[0]!r}"), None
+    return Observation(output="", error=f"unknown tool {action.tool!r}"), None

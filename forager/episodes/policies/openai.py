@@ -1,0 +1,83 @@
+"""A chat model behind any OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp, a hosted API), via `openai`.
+
+Two protocols (forager.trajectories.render says how each turn looks): "tools", native function calling
+with the env server's tool schemas, and "text", CWM's `<tool: NAME>…</tool>` blocks. The conversation is
+rebuilt from the episode's steps every turn by the same renderer the exports use, so the trajectory alone
+reproduces exactly what the model saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from forager.errors import ModelError
+from forager.models import Action, PolicyInfo
+from forager.episodes.policies import TOOL_NAMES, Decision, Episode
+from forager.trajectories import render
+
+
+class OpenAIPolicy:
+    def __init__(self, base_url: str | None, model: str, api_key: str | None = None, protocol: str = "tools",
+                 temperature: float = 0.0, max_completion_tokens: int | None = 4096, timeout: float = 600,
+                 max_retries: int = 2, extra_body: dict[str, Any] | None = None):
+        from openai import OpenAI
+
+        if not model:
+            raise ValueError("the openai policy needs a model name (FORAGER_MODEL or --model)")
+        self.protocol, self.model = render.check_protocol(protocol), model
+        self.params = {"temperature": temperature, "max_tokens": max_completion_tokens}
+        self.extra_body = extra_body or {}
+        self.client = OpenAI(base_url=base_url, api_key=api_key or "unused", timeout=timeout, max_retries=max_retries)
+        self.info = PolicyInfo(name="openai", model=model, parameters={"protocol": protocol, "base_url": base_url, **self.params})
+
+    def messages(self, episode: Episode) -> list[dict[str, Any]]:
+        return render.messages(episode.system_prompt, episode.problem_statement, episode.steps, self.protocol)
+
+    def next_action(self, episode: Episode) -> Decision:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": self.messages(episode), **self.params}
+        if self.protocol == "tools":
+            kwargs["tools"] = episode.tools
+            kwargs["tool_choice"] = "auto"
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        started = time.monotonic()
+        try:
+            resp = self.client.chat.completions.create(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - any SDK/HTTP failure is the model's, typed for the loop
+            raise ModelError(f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.monotonic() - started
+        usage = getattr(resp, "usage", None)
+        cost = {"model_seconds": seconds,
+                "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}
+        if not resp.choices:
+            raise ModelError("the model returned no choices")
+        message = resp.choices[0].message
+        text = message.content or ""
+        if self.protocol == "text":
+            action, error = render.parse_text_action(text)
+        else:
+            action, error = _parse_tool_calls(message, text)
+        return Decision(action, format_error=error, **cost)
+
+
+def _parse_tool_calls(message, text: str) -> tuple[Action, str | None]:
+    calls = message.tool_calls or []
+    if not calls:
+        return Action(tool=None, text=text), "No tool call in your reply: call exactly one of the tools."
+    call = calls[0]
+    name = call.function.name
+    extra = f" (only the first of {len(calls)} tool calls was considered)" if len(calls) > 1 else ""
+    if name not in TOOL_NAMES:
+        return Action(tool=None, text=text, tool_call_id=call.id), f"Unknown tool {name!r}{extra}."
+    try:
+        args = json.loads(call.function.arguments or "{}")
+        if not isinstance(args, dict):
+            raise ValueError("arguments must be a JSON object")
+    except ValueError as exc:
+        return Action(tool=None, text=text, tool_call_id=call.id), f"Invalid JSON arguments for {name}: {exc}"
+    if len(calls) > 1:
+        return Action(tool=None, text=text, tool_call_id=call.id), f"Call exactly one tool per reply{extra}."
+    return Action(tool=name, arguments=args, text=text, tool_call_id=call.id), None
