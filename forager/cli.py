@@ -24,6 +24,7 @@ for _area in ("setup_cmd", "serve", "build", "tasks", "fleet", "trace"):
             raise
         continue
     _mod.register(app)
+app.add_typer(importlib.import_module("forager.viewer.cli").app)  # `forager view` (moves to forager/cli/view.py)
 
 if __name__ == "__main__":
     app()

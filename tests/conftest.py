@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures_envserver",
     "tests.fixtures_images",
     "tests.fixtures_tasks",
+    "tests.fixtures_viewer",
 ]
 
 
