@@ -7,7 +7,7 @@ returns a `ViewerStore` saying what it wrote, so tests compare the pages with th
 
 `viewer_store` (session): that store in a temp dir. `viewer_server` (session): `python -m forager.viewer`
 serving it on a free loopback port (`.url`). `start_viewer(home, *args)` / `stop_viewer(server)` start
-and stop others. `browser` (session): headless Debian Chromium driven by Playwright; installs the
+and stop others. `chromium_browser` (session) and `chromium_page`: headless Debian Chromium driven by Playwright; installs the
 `chromium` package with apt-get when it is missing. `VIEWER_SCREENSHOTS` (env) is where the browser
 tests save page screenshots (default: a temp dir); set it to docs/images to refresh the README's.
 """
@@ -311,7 +311,7 @@ def ensure_chromium() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def chromium_browser():
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
@@ -322,8 +322,8 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+def chromium_page(chromium_browser):
+    context = chromium_browser.new_context(viewport={"width": 1400, "height": 900})
     tab = context.new_page()
     yield tab
     context.close()
