@@ -87,10 +87,10 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
 
     @app.get("/tasks/{task_id:path}", response_class=HTMLResponse)
     def task(request: Request, task_id: str):
-        record = queries.task_record(db(), task_id)
-        if record is None:
+        where = queries.task_location(db(), task_id)
+        if where is None:
             raise HTTPException(404, f"no task {task_id!r} in the index")
-        task = Task.model_validate_json(record)
+        task = _read_record(where, Task, f"task {task_id!r}")
         return show(request, "task.html", title=task.id, task=task)
 
     @app.get("/collections", response_class=HTMLResponse)
@@ -139,7 +139,8 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
         try:
             traj = Trajectory.model_validate_json(path.read_bytes().strip())
         except (OSError, ValueError, ValidationError) as exc:  # changed since the last refresh
-            raise HTTPException(410, f"trajectory {traj_id!r} no longer reads: {first_line(exc)}")
+            raise HTTPException(410, f"trajectory {traj_id!r} no longer reads (the store changed; the next refresh "
+                                     f"catches up): {first_line(exc)}")
         conn = db()
         others = {k: v for k, v in traj.result.tests.items()
                   if k not in traj.result.fail_to_pass and k not in traj.result.pass_to_pass}
@@ -149,6 +150,15 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
                     outcome_counts=_outcome_counts(traj.result.tests), clip=render.clip,
                     action_parts=render.action_parts, model_seconds=sum(s.model_seconds for s in traj.steps),
                     env_seconds=sum(s.env_seconds for s in traj.steps))
+
+    def _read_record(where: tuple[str, int, int], model, what: str):
+        """One line of a JSONL file at the offset the index recorded; 410 when the file changed since."""
+        rel, offset, length = where
+        try:
+            return read_one(index.home / rel, offset, length, model)
+        except (OSError, ValueError, ValidationError) as exc:
+            raise HTTPException(410, f"{what} no longer reads (the store changed; the next refresh catches up): "
+                                     f"{first_line(exc)}")
 
     def _trajectory_path(traj_id: str) -> Path:
         rel = queries.trajectory_location(db(), traj_id)
@@ -167,11 +177,7 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
         where = queries.trace_location(db(), trace_id)
         if where is None:
             raise HTTPException(404, f"no trace {trace_id!r} in the index")
-        rel, offset, length = where
-        try:
-            tr = read_one(index.home / rel, offset, length, Trace)
-        except (OSError, ValueError, ValidationError) as exc:
-            raise HTTPException(410, f"trace {trace_id!r} no longer reads: {first_line(exc)}")
+        tr = _read_record(where, Trace, f"trace {trace_id!r}")
         steps = render.trace_steps(tr)
         step = min(max(step, 0), max(len(steps) - 1, 0))
         return show(request, "trace.html", title=tr.function, tr=tr, steps=steps, step=step,

@@ -29,7 +29,7 @@ from forager.trace.models import Trace
 from forager.viewer import rows
 from forager.viewer.sources import last_wins, parse_jsonl
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 BATCH = 1000  # files per transaction: readers see progress, a crash loses little
 PARALLEL_FROM = 2000  # changed trajectory files from which parsing is spread over processes
 
@@ -44,8 +44,9 @@ CREATE TABLE IF NOT EXISTS images(
     test_seconds REAL, build_seconds REAL, validate_seconds REAL, size_bytes INTEGER, test_runner TEXT,
     created_at REAL, PRIMARY KEY (repo, source, commit_sha));
 CREATE TABLE IF NOT EXISTS tasks(
-    id TEXT PRIMARY KEY, path TEXT, repo TEXT, kind TEXT, origin TEXT, commit_sha TEXT, created_at REAL,
-    fail_to_pass INTEGER, pass_to_pass INTEGER, cert_passed INTEGER, certificate TEXT, record TEXT);
+    id TEXT PRIMARY KEY, path TEXT, offset INTEGER, length INTEGER, repo TEXT, kind TEXT, origin TEXT,
+    commit_sha TEXT, created_at REAL, fail_to_pass INTEGER, pass_to_pass INTEGER, cert_passed INTEGER,
+    certificate TEXT);
 CREATE INDEX IF NOT EXISTS tasks_by_set ON tasks(repo, kind);
 CREATE INDEX IF NOT EXISTS tasks_by_path ON tasks(path);
 CREATE TABLE IF NOT EXISTS trajectories(
@@ -207,8 +208,8 @@ class StoreIndex:
             return None
         parsed = parse_jsonl(path, Task)
         latest = last_wins(parsed.records, key=lambda t: t.id)
-        conn.executemany(f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 12)})",
-                         [rows.task_row(rel, task) for _, _, task in latest])
+        conn.executemany(f"INSERT OR REPLACE INTO tasks VALUES ({', '.join('?' * 13)})",
+                         [rows.task_row(rel, off, length, task) for off, length, task in latest])
         return parsed
 
     @staticmethod

@@ -188,9 +188,9 @@ def tasks_in_set(conn: sqlite3.Connection, repo: str, kind: str) -> list[dict]:
         "FROM tasks t WHERE repo=? AND kind=? ORDER BY id", (repo, kind))]
 
 
-def task_record(conn: sqlite3.Connection, task_id: str) -> str | None:
-    row = conn.execute("SELECT record FROM tasks WHERE id=?", (task_id,)).fetchone()
-    return row[0] if row else None
+def task_location(conn: sqlite3.Connection, task_id: str) -> tuple[str, int, int] | None:
+    row = conn.execute("SELECT path, offset, length FROM tasks WHERE id=?", (task_id,)).fetchone()
+    return tuple(row) if row else None
 
 
 def list_traces(conn: sqlite3.Connection, repo: str = "", q: str = "", page: int = 1) -> tuple[list[dict], int]:

@@ -68,12 +68,12 @@ def image_row(rec: ImageRecord) -> tuple:
     )
 
 
-def task_row(rel_path: str, task: Task) -> tuple:
+def task_row(rel_path: str, offset: int, length: int, task: Task) -> tuple:
     cert = task.certificate
     return (
-        task.id, rel_path, task.repo, task.kind, task.origin or "", task.commit, task.created_at,
+        task.id, rel_path, offset, length, task.repo, task.kind, task.origin or "", task.commit, task.created_at,
         len(task.fail_to_pass), len(task.pass_to_pass), None if cert is None else int(cert.passed),
-        cert.model_dump_json() if cert else None, task.model_dump_json(),
+        cert.model_dump_json() if cert else None,
     )
 
 
