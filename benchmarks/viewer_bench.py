@@ -82,10 +82,11 @@ def generate_store(home: Path, n: int) -> float:
         (root / repo).mkdir(parents=True, exist_ok=True)
     t0 = 1_750_000_000.0
     for i in range(n):
+        # i -> (repo, collection, task, attempt) is one to one, so every i is its own file
         repo = REPOS[i % len(REPOS)]
-        policy, model = COLLECTIONS[i % len(COLLECTIONS)]
-        task = f"{repo}__mf_{(i // len(REPOS)) % 400}"
-        attempt = i // (len(REPOS) * 400 * len(COLLECTIONS))  # unique (task, attempt, policy, model) per i
+        policy, model = COLLECTIONS[i // len(REPOS) % len(COLLECTIONS)]
+        task = f"{repo}__mf_{i // (len(REPOS) * len(COLLECTIONS)) % 400}"
+        attempt = i // (len(REPOS) * len(COLLECTIONS) * 400)
         count = rng.randint(1, 30)
         exit_reason = rng.choice(EXITS)
         reward = 1.0 if exit_reason == "submitted" and rng.random() < 0.6 else 0.0
@@ -115,6 +116,8 @@ def generate_store(home: Path, n: int) -> float:
         for k in range(500):
             fh.write(Trace(id=f"trace-{k}", target="test", repo=REPOS[k % 60], function=f"pkg.core:f{k}", source="def f(x):\n",
                            frames=frames).model_dump_json() + "\n")
+    written = sum(1 for _ in root.glob("*/*.jsonl"))
+    assert written == n, f"{written} files for {n} trajectories: the generator reused ids"
     (home / ".bench-store").write_text(str(n))
     return time.perf_counter() - started
 

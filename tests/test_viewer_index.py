@@ -168,3 +168,21 @@ def test_histogram_bins_keep_every_count():
     assert plots.bucket([(3, 2), (4, 1)]) == [("3", 2), ("4", 1)]
     svg = str(plots.histogram(bins, "steps", "steps distribution"))
     assert svg.startswith("<svg") and svg.count("<rect") == len(bins)
+
+
+def test_aggregates_are_recomputed_only_when_a_refresh_changed_something(store):
+    from forager.viewer.memo import Memo
+
+    index = open_index(store.home)
+    index.refresh()
+    memo, computed = Memo(index), []
+
+    def total() -> int:
+        return memo.get("total", lambda: computed.append(1) or queries.overview(index.reader())["trajectories"])
+
+    assert total() == total() == store.trajectories and len(computed) == 1
+    index.refresh()  # nothing changed: the cached figure stands
+    assert total() == store.trajectories and len(computed) == 1
+    TrajectoryStore(store.home / "trajectories").delete(store.branch_id)
+    index.refresh()
+    assert total() == store.trajectories - 1 and len(computed) == 2

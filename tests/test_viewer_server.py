@@ -99,3 +99,16 @@ def _total(url: str, params: dict) -> int:
     r.raise_for_status()
     marker = '<span class="muted" id="total">'
     return int(r.text.split(marker, 1)[1].split("<", 1)[0].replace(",", ""))
+
+
+def test_a_record_that_broke_since_the_last_refresh_is_a_410_page(tmp_path):
+    store = write_viewer_store(tmp_path / "home")
+    server = start_viewer(store.home, "--refresh", "0")  # no refresh: the index still lists the file
+    try:
+        path = next((store.home / "trajectories").glob(f"*/{store.showcase_id}.jsonl"))
+        path.write_text('{"id": "cut short')
+        r = httpx.get(f"{server.url}/trajectories/{store.showcase_id}")
+        assert r.status_code == 410 and "no longer reads" in r.text
+        assert httpx.get(f"{server.url}/trajectories/{store.branch_id}").status_code == 200
+    finally:
+        stop_viewer(server)

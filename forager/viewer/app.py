@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from forager.trace.models import Trace
 from forager.viewer import plots, queries, render
 from forager.viewer.auth import TokenGate
 from forager.viewer.index import StoreIndex
+from forager.viewer.memo import Memo
 from forager.viewer.sources import first_line, read_one
 
 HERE = Path(__file__).parent
@@ -29,10 +32,26 @@ NAV = [("/", "Overview"), ("/catalog", "Catalog"), ("/tasks", "Tasks"), ("/colle
 def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: float = 10.0):
     """The ASGI app: routes behind the token gate; a thread refreshes the index every refresh_seconds."""
 
+    memo = Memo(index)
+
+    def db():
+        return index.reader()
+
+    def cached(query, *args):
+        """A whole-table aggregate, computed once per change of the index (see memo.py)."""
+        return memo.get((query.__name__, args), lambda: query(db(), *args))
+
+    def warm() -> None:
+        """What the overview and the list need, computed before anyone asks."""
+        for query in (queries.overview, queries.collections, queries.filter_options):
+            cached(query)
+        cached(queries.count_trajectories, queries.TrajectoryFilter())
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        await asyncio.to_thread(warm)
         stop = threading.Event()
-        worker = threading.Thread(target=_refresh_loop, args=(index, stop, refresh_seconds),
+        worker = threading.Thread(target=_refresh_loop, args=(index, stop, refresh_seconds, warm),
                                   name="viewer-refresh", daemon=True)
         if refresh_seconds > 0:
             worker.start()
@@ -52,17 +71,14 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
     async def http_error(request: Request, exc: HTTPException):
         return show(request, "error.html", status=exc.status_code, title=f"{exc.status_code}", message=exc.detail)
 
-    def db():
-        return index.reader()
-
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict:
         return {"ok": True}
 
     @app.get("/", response_class=HTMLResponse)
     def overview(request: Request):
-        return show(request, "overview.html", title="Overview", o=queries.overview(db()),
-                    collections=queries.collections(db()))
+        return show(request, "overview.html", title="Overview", o=cached(queries.overview),
+                    collections=cached(queries.collections), refreshed_at=queries.refreshed_at(db()))
 
     @app.get("/problems", response_class=HTMLResponse)
     def problems(request: Request):
@@ -70,11 +86,11 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
 
     @app.get("/catalog", response_class=HTMLResponse)
     def catalog(request: Request):
-        return show(request, "catalog.html", title="Catalog", c=queries.catalog(db()))
+        return show(request, "catalog.html", title="Catalog", c=cached(queries.catalog))
 
     @app.get("/tasks", response_class=HTMLResponse)
     def task_sets(request: Request):
-        return show(request, "task_sets.html", title="Task sets", sets=queries.task_sets(db()))
+        return show(request, "task_sets.html", title="Task sets", sets=cached(queries.task_sets))
 
     @app.get("/tasks/set", response_class=HTMLResponse)
     def task_set(request: Request, repo: str, kind: str):
@@ -95,7 +111,7 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
 
     @app.get("/collections", response_class=HTMLResponse)
     def collections(request: Request):
-        found = queries.collections(db())
+        found = cached(queries.collections)
         time_split = plots.stacked(
             [(_collection_name(c), {"model": c["model_seconds"] or 0, "env": c["env_seconds"] or 0,
                                     "other": c["other_seconds"]}) for c in found], "time split per collection")
@@ -103,7 +119,7 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
 
     @app.get("/collections/view", response_class=HTMLResponse)
     def collection(request: Request, policy: str, model: str = ""):
-        c = queries.collection(db(), policy, model)
+        c = cached(queries.collection, policy, model)
         if c is None:
             raise HTTPException(404, f"no trajectories of policy {policy!r} with model {model or 'none'!r}")
         charts = {
@@ -123,10 +139,11 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
                      page: int = 1):
         flt = queries.TrajectoryFilter(repo=repo, kind=kind, policy=policy, model=model, reward=reward, exit=exit,
                                        task=task, q=q.strip(), sort=sort)
-        found, total = queries.list_trajectories(db(), flt, page)
+        found = queries.page_of_trajectories(db(), flt, page)
+        total = cached(queries.count_trajectories, flt)
         pages = max(1, -(-total // queries.PAGE_SIZE))
         return show(request, "trajectories.html", title="Trajectories", rows=found, total=total, flt=flt,
-                    options=queries.filter_options(db()), page_no=page, pages=pages,
+                    options=cached(queries.filter_options), page_no=page, pages=pages,
                     reward_filters=list(queries.REWARD_FILTERS), sorts=list(queries.SORTS))
 
     @app.get("/trajectories/{traj_id}/raw")
@@ -170,7 +187,7 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
     def traces(request: Request, repo: str = "", q: str = "", page: int = 1):
         found, total = queries.list_traces(db(), repo, q.strip(), page)
         return show(request, "traces.html", title="Traces", rows=found, total=total, repo=repo, q=q,
-                    repos=queries.trace_repos(db()), page_no=page, pages=max(1, -(-total // queries.PAGE_SIZE)))
+                    repos=cached(queries.trace_repos), page_no=page, pages=max(1, -(-total // queries.PAGE_SIZE)))
 
     @app.get("/traces/{trace_id}", response_class=HTMLResponse)
     def trace(request: Request, trace_id: str, step: int = 0):
@@ -198,12 +215,13 @@ def _outcome_counts(tests: dict[str, str]) -> dict[str, int]:
     return counts
 
 
-def _refresh_loop(index: StoreIndex, stop: threading.Event, every: float) -> None:
+def _refresh_loop(index: StoreIndex, stop: threading.Event, every: float, warm) -> None:
     """Keep the index in step while serving; an error is reported and retried, never fatal."""
-    import sys
-
     while not stop.wait(every):
         try:
+            before = index.generation
             index.refresh()
+            if index.generation != before:
+                warm()
         except Exception as exc:  # a disk hiccup must not stop the viewer; the next pass retries
             print(f"view: index refresh failed: {exc}", file=sys.stderr)

@@ -100,6 +100,7 @@ class StoreIndex:
         self.home = settings.home
         self.db_path = Path(db_path) if db_path else default_index_path(self.home)
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.generation = 0  # bumped whenever a refresh commits a change: cached aggregates key on it
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._writer = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -189,6 +190,7 @@ class StoreIndex:
             conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (rel, kind, mtime_ns, size, len(parsed.records), parsed.bad, parsed.error))
         conn.execute("COMMIT")
+        self.generation += 1
 
     @staticmethod
     def _ingest_catalog(conn, rel, path):
@@ -232,6 +234,7 @@ class StoreIndex:
                 _forget_trajectory(conn, rel)
                 conn.execute("DELETE FROM files WHERE path=?", (rel,))
             conn.execute("COMMIT")
+            self.generation += 1
         if not changed:
             return
         load = partial(rows.load_trajectory_file, str(self.home))
@@ -257,10 +260,12 @@ class StoreIndex:
                              (rel, mtime_ns, size, int(row is not None), int(row is None), error))
                 if done % BATCH == 0:
                     conn.execute("COMMIT")
+                    self.generation += 1
                     if progress:
                         progress(done, len(changed))
                     conn.execute("BEGIN")
             conn.execute("COMMIT")
+            self.generation += 1
             if progress:
                 progress(len(changed), len(changed))
         except BaseException:

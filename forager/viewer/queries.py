@@ -28,7 +28,7 @@ SORTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)  # hashable: a memo key
 class TrajectoryFilter:
     """The list page's query string; empty means "any"."""
 
@@ -78,14 +78,22 @@ def fts_query(text: str) -> str:
 
 
 def list_trajectories(conn: sqlite3.Connection, flt: TrajectoryFilter, page: int = 1) -> tuple[list[dict], int]:
+    return page_of_trajectories(conn, flt, page), count_trajectories(conn, flt)
+
+
+def count_trajectories(conn: sqlite3.Connection, flt: TrajectoryFilter) -> int:
     where, params = flt.where()
-    total = conn.execute(f"SELECT COUNT(*) FROM trajectories{where}", params).fetchone()[0]
+    return conn.execute(f"SELECT COUNT(*) FROM trajectories{where}", params).fetchone()[0]
+
+
+def page_of_trajectories(conn: sqlite3.Connection, flt: TrajectoryFilter, page: int = 1) -> list[dict]:
+    where, params = flt.where()
     order = SORTS.get(flt.sort, SORTS["newest"])
     found = conn.execute(
         f"SELECT * FROM trajectories{where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, PAGE_SIZE, (max(page, 1) - 1) * PAGE_SIZE],
     ).fetchall()
-    return [dict(r) for r in found], total
+    return [dict(r) for r in found]
 
 
 def filter_options(conn: sqlite3.Connection) -> dict[str, list[str]]:
@@ -233,8 +241,12 @@ def overview(conn: sqlite3.Connection) -> dict:
         "traces": one("SELECT COUNT(*) FROM traces"),
         "skipped_files": one("SELECT COUNT(*) FROM files WHERE bad > 0"),
         "skipped_records": one("SELECT COALESCE(SUM(bad), 0) FROM files"),
-        "refreshed_at": float(one("SELECT COALESCE(MAX(value), 0) FROM meta WHERE key='refreshed_at'")),
     }
+
+
+def refreshed_at(conn: sqlite3.Connection) -> float:
+    row = conn.execute("SELECT value FROM meta WHERE key='refreshed_at'").fetchone()
+    return float(row[0]) if row else 0.0
 
 
 def problems(conn: sqlite3.Connection) -> list[dict]:
