@@ -186,3 +186,34 @@ def test_aggregates_are_recomputed_only_when_a_refresh_changed_something(store):
     TrajectoryStore(store.home / "trajectories").delete(store.branch_id)
     index.refresh()
     assert total() == store.trajectories - 1 and len(computed) == 2
+
+
+def test_unchanged_trajectory_directories_are_skipped_until_the_full_sweep(store):
+    index = open_index(store.home)
+    assert index.refresh().full  # a process's first refresh stats every file
+    dirs = [d for d in (store.home / "trajectories").iterdir() if d.is_dir()]
+    old = time.time_ns() - 60_000_000_000
+    for d in dirs:  # directories written just now are not trusted (racy); these are a minute old
+        os.utime(d, ns=(old, old))
+    index.refresh(full=False)  # lists them once more and remembers their mtimes
+    quiet = index.refresh(full=False)
+    assert quiet.skipped_dirs == len(dirs) == 2 and quiet.read == 0
+    assert quiet.files == 1 + 2 + 1  # catalog, task files and the trace file only
+
+    fresh = showcase()
+    fresh.id, fresh.attempt = "fresh-episode", 9
+    TrajectoryStore(store.home / "trajectories").write(fresh)  # a rename into calc/ moves calc's mtime
+    report = index.refresh(full=False)
+    assert (report.skipped_dirs, report.read) == (1, 1)
+    assert queries.trajectory_location(index.reader(), "fresh-episode") == "trajectories/calc/fresh-episode.jsonl"
+
+    # a file rewritten in place leaves its directory's mtime alone: only the full sweep sees it
+    strutil = store.home / "trajectories" / "strutil"
+    os.utime(strutil, ns=(old, old))
+    index.refresh(full=False)
+    victim = sorted(strutil.glob("*.jsonl"))[0]
+    victim.write_text(victim.read_text().replace('"reward":0.0', '"reward":0.25'))
+    os.utime(strutil, ns=(old, old))
+    assert index.refresh(full=False).read == 0
+    assert index.refresh(full=True).read == 1
+    assert queries.list_trajectories(index.reader(), queries.TrajectoryFilter(reward="partial"))[1] == 2

@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from pydantic import ValidationError
 
 from forager.models import Task, Trajectory
@@ -25,6 +25,7 @@ from forager.viewer.memo import Memo
 from forager.viewer.sources import first_line, read_one
 
 HERE = Path(__file__).parent
+WARM_COLLECTIONS = 20  # the largest collections' pages are computed ahead; the rest on first visit
 NAV = [("/", "Overview"), ("/catalog", "Catalog"), ("/tasks", "Tasks"), ("/collections", "Collections"),
        ("/trajectories", "Trajectories"), ("/traces", "Traces")]
 
@@ -43,8 +44,10 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
 
     def warm() -> None:
         """What the overview and the list need, computed before anyone asks."""
-        for query in (queries.overview, queries.collections, queries.filter_options):
+        for query in (queries.overview, queries.filter_options):
             cached(query)
+        for c in sorted(cached(queries.collections), key=lambda c: -c["n"])[:WARM_COLLECTIONS]:
+            cached(queries.collection, c["policy"], c["model"])
         cached(queries.count_trajectories, queries.TrajectoryFilter())
 
     @asynccontextmanager
@@ -59,10 +62,13 @@ def create_app(index: StoreIndex, token: str | None = None, refresh_seconds: flo
         stop.set()
 
     app = FastAPI(title="Forager viewer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters.update(render.FILTERS)
-    templates.env.globals.update(nav=NAV, urlencode=urlencode, home=str(index.home))
+    # The style sheet and the script are inlined: each page is one response (no request for assets that a
+    # loaded machine answers slowly, nothing to cache or version) and a saved page is complete on its own.
+    templates.env.globals.update(nav=NAV, urlencode=urlencode, home=str(index.home),
+                                 inline_css=Markup((HERE / "static" / "viewer.css").read_text()),
+                                 inline_js=Markup((HERE / "static" / "viewer.js").read_text()))
 
     def show(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, context, status_code=status)

@@ -26,18 +26,20 @@ from pathlib import Path
 from forager.config import Settings
 from forager.models import ImageRecord, Task
 from forager.trace.models import Trace
-from forager.viewer import rows
+from forager.viewer import rows, scan
 from forager.viewer.sources import last_wins, parse_jsonl
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 BATCH = 1000  # files per transaction: readers see progress, a crash loses little
 PARALLEL_FROM = 2000  # changed trajectory files from which parsing is spread over processes
+FULL_SWEEP_SECONDS = 300.0  # how often a refresh stats every file, not only those of changed directories
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS files(
     path TEXT PRIMARY KEY, kind TEXT NOT NULL, mtime_ns INTEGER, size INTEGER,
     records INTEGER NOT NULL DEFAULT 0, bad INTEGER NOT NULL DEFAULT 0, error TEXT);
+CREATE TABLE IF NOT EXISTS dirs(path TEXT PRIMARY KEY, mtime_ns INTEGER);
 CREATE TABLE IF NOT EXISTS images(
     repo TEXT, source TEXT, commit_sha TEXT, status TEXT, reason TEXT, tag TEXT, python TEXT,
     tests_collected INTEGER, tests_passed INTEGER, tests_failed INTEGER, tests_skipped INTEGER, flaky INTEGER,
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS traces(
 CREATE INDEX IF NOT EXISTS traces_by_path ON traces(path);
 CREATE INDEX IF NOT EXISTS traces_by_function ON traces(repo, function);
 """
-TABLES = ("meta", "files", "images", "tasks", "trajectories", "trajectory_search", "traces")
+TABLES = ("meta", "files", "dirs", "images", "tasks", "trajectories", "trajectory_search", "traces")
 Progress = Callable[[int, int], None]  # (files done, files to read)
 
 
@@ -87,10 +89,12 @@ def default_index_path(home: Path) -> Path:
 
 @dataclass
 class RefreshReport:
-    files: int = 0  # files of the store seen
+    files: int = 0  # files of the store listed (those of skipped directories are not)
     read: int = 0  # files (re)read because they were new or changed
     removed: int = 0  # files gone since the last refresh
     bad: int = 0  # files read now that had at least one unparsable record
+    skipped_dirs: int = 0  # trajectory directories unchanged since the last refresh, not listed
+    full: bool = False  # every file was stat'ed
     seconds: float = 0.0
 
 
@@ -101,6 +105,7 @@ class StoreIndex:
         self.db_path = Path(db_path) if db_path else default_index_path(self.home)
         self.workers = workers if workers is not None else (os.cpu_count() or 1)
         self.generation = 0  # bumped whenever a refresh commits a change: cached aggregates key on it
+        self._last_full: float | None = None  # monotonic time of this process's last full sweep
         self._write_lock = threading.Lock()
         self._local = threading.local()
         self._writer = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -138,54 +143,57 @@ class StoreIndex:
 
     # ---------------------------------------------------------------- refresh
 
-    def refresh(self, progress: Progress | None = None) -> RefreshReport:
-        """Bring the index in step with the store, reading only new or changed files."""
+    def refresh(self, progress: Progress | None = None, full: bool | None = None) -> RefreshReport:
+        """Bring the index in step with the store, reading only new or changed files.
+
+        `full` stats every trajectory file; by default the first refresh of a process and then one every
+        FULL_SWEEP_SECONDS are full, the others list only directories whose mtime moved (scan.py).
+        """
         started = time.monotonic()
-        report = RefreshReport()
+        if full is None:
+            full = self._last_full is None or started - self._last_full >= FULL_SWEEP_SECONDS
+        report = RefreshReport(full=full)
+        home, s = str(self.home), self.settings
         with self._write_lock:
             conn = self._writer
-            catalog = self.settings.catalog_path
-            self._refresh_kind(conn, "catalog", [catalog] if catalog.is_file() else [], self._ingest_catalog, report)
-            task_files = [p for p in _jsonl(self.settings.tasks_dir) if not p.name.endswith(".candidates.jsonl")]
-            self._refresh_kind(conn, "tasks", task_files, self._ingest_tasks, report)
-            self._refresh_kind(conn, "traces", _jsonl(self.settings.traces_dir), self._ingest_traces, report)
-            self._refresh_trajectories(conn, report, progress)
+            self._refresh_kind(conn, "catalog", scan.file_entry(home, str(s.catalog_path)), self._ingest_catalog, report)
+            tasks = scan.jsonl_entries(home, str(s.tasks_dir), skip_suffix=".candidates.jsonl")
+            self._refresh_kind(conn, "tasks", tasks, self._ingest_tasks, report)
+            self._refresh_kind(conn, "traces", scan.jsonl_entries(home, str(s.traces_dir)), self._ingest_traces, report)
+            self._refresh_trajectories(conn, report, progress, full)
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('refreshed_at', ?)", (str(time.time()),))
+        if full:
+            self._last_full = started
         report.seconds = time.monotonic() - started
         return report
 
-    def _rel(self, path: Path) -> str:
-        return str(path.relative_to(self.home))
-
-    def _changes(self, conn, kind: str, paths: list[Path], report: RefreshReport):
-        """(changed [(rel, path, mtime_ns, size)], removed [rel]) by comparing stats with the last refresh."""
-        known = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT path, mtime_ns, size FROM files WHERE kind=?", (kind,))}
-        changed, seen = [], set()
-        for path in paths:
-            try:
-                st = path.stat()
-            except OSError:  # vanished between the listing and the stat: the next refresh settles it
-                continue
-            rel = self._rel(path)
-            seen.add(rel)
-            if known.get(rel) != (st.st_mtime_ns, st.st_size):
-                changed.append((rel, path, st.st_mtime_ns, st.st_size))
+    def _changes(self, conn, kind: str, listed: list[scan.Entry], report: RefreshReport, within: list[str] | None = None):
+        """(changed [(rel, mtime_ns, size)], removed [rel], known) against the stats of the last refresh;
+        `within`: only these directories were listed, so only their files can have gone."""
+        query = "SELECT path, mtime_ns, size FROM files WHERE kind=?"
+        if within is None:
+            known = {r[0]: (r[1], r[2]) for r in conn.execute(query, (kind,))}
+        else:  # a prefix range per directory uses the primary key's index
+            known = {r[0]: (r[1], r[2]) for d in within
+                     for r in conn.execute(query + " AND path > ? AND path < ?", (kind, d + "/", d + "0"))}
+        changed = [e for e in listed if known.get(e[0]) != (e[1], e[2])]
+        seen = {e[0] for e in listed}
         removed = [rel for rel in known if rel not in seen]
-        report.files += len(seen)
+        report.files += len(listed)
         report.read += len(changed)
         report.removed += len(removed)
         return changed, removed, known
 
-    def _refresh_kind(self, conn, kind, paths, ingest, report) -> None:
-        changed, removed, _known = self._changes(conn, kind, paths, report)
+    def _refresh_kind(self, conn, kind, listed, ingest, report) -> None:
+        changed, removed, _known = self._changes(conn, kind, listed, report)
         if not changed and not removed:
             return
         conn.execute("BEGIN")
         for rel in removed:
             ingest(conn, rel, None)
             conn.execute("DELETE FROM files WHERE path=?", (rel,))
-        for rel, path, mtime_ns, size in changed:
-            parsed = ingest(conn, rel, path)
+        for rel, mtime_ns, size in changed:
+            parsed = ingest(conn, rel, self.home / rel)
             report.bad += bool(parsed.bad)
             conn.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (rel, kind, mtime_ns, size, len(parsed.records), parsed.bad, parsed.error))
@@ -225,9 +233,12 @@ class StoreIndex:
                          [rows.trace_row(rel, off, length, trace) for off, length, trace in latest])
         return parsed
 
-    def _refresh_trajectories(self, conn, report: RefreshReport, progress: Progress | None) -> None:
-        paths = _trajectory_files(self.settings.trajectories_dir)
-        changed, removed, known = self._changes(conn, "trajectory", paths, report)
+    def _refresh_trajectories(self, conn, report: RefreshReport, progress: Progress | None, full: bool) -> None:
+        known_dirs = dict(conn.execute("SELECT path, mtime_ns FROM dirs").fetchall())
+        listing = scan.trajectory_listing(str(self.home), str(self.settings.trajectories_dir), known_dirs, full)
+        report.skipped_dirs = len(listing.skipped)
+        within = None if full else listing.listed + listing.vanished
+        changed, removed, known = self._changes(conn, "trajectory", listing.files, report, within)
         if removed:
             conn.execute("BEGIN")
             for rel in removed:
@@ -235,6 +246,14 @@ class StoreIndex:
                 conn.execute("DELETE FROM files WHERE path=?", (rel,))
             conn.execute("COMMIT")
             self.generation += 1
+        self._ingest_trajectories(conn, changed, known, report, progress)
+        # only now that their files are in: a crash before this lists the directories again next time
+        conn.execute("BEGIN")
+        conn.executemany("DELETE FROM dirs WHERE path=?", [(d,) for d in listing.vanished])
+        conn.executemany("INSERT OR REPLACE INTO dirs VALUES (?, ?)", listing.marks.items())
+        conn.execute("COMMIT")
+
+    def _ingest_trajectories(self, conn, changed, known, report: RefreshReport, progress: Progress | None) -> None:
         if not changed:
             return
         load = partial(rows.load_trajectory_file, str(self.home))
@@ -249,7 +268,7 @@ class StoreIndex:
         insert = f"INSERT INTO trajectories({', '.join(rows.TRAJECTORY_COLUMNS)}) VALUES ({', '.join('?' * len(rows.TRAJECTORY_COLUMNS))})"
         try:
             conn.execute("BEGIN")
-            for done, ((rel, _path, mtime_ns, size), (row, text, error)) in enumerate(zip(changed, loaded), 1):
+            for done, ((rel, mtime_ns, size), (row, text, error)) in enumerate(zip(changed, loaded), 1):
                 if rel in known:
                     _forget_trajectory(conn, rel)
                 if row is not None:
@@ -280,22 +299,3 @@ class StoreIndex:
 def _forget_trajectory(conn, rel: str) -> None:
     conn.execute("DELETE FROM trajectory_search WHERE rowid IN (SELECT rowid FROM trajectories WHERE path=?)", (rel,))
     conn.execute("DELETE FROM trajectories WHERE path=?", (rel,))
-
-
-def _jsonl(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
-
-
-def _trajectory_files(root: Path) -> list[Path]:
-    """trajectories/<repo>/<id>.jsonl, without the store's in-flight temp files; scandir is the cheap walk."""
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    with os.scandir(root) as repos:
-        for repo in repos:
-            if not repo.is_dir():
-                continue
-            with os.scandir(repo.path) as entries:
-                found.extend(Path(e.path) for e in entries
-                             if e.name.endswith(".jsonl") and not e.name.startswith(".tmp-") and e.is_file())
-    return found
