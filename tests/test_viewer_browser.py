@@ -39,6 +39,8 @@ def test_the_collection_pages_show_the_counts_the_store_holds(chromium_page, vie
     bars = page.locator('svg[aria-label="steps distribution"] rect title').all_text_contents()
     assert sum(int(t.rsplit(": ", 1)[1]) for t in bars) == qwen["n"]
     shot(page, screenshots, "collection")
+    page.set_viewport_size({"width": 1100, "height": 620})  # the README's small one: the top of this page
+    page.screenshot(path=str(screenshots / "viewer-small.png"))
 
 
 def test_a_trajectory_page_shows_each_step_and_the_diff(chromium_page, viewer_server, viewer_store, screenshots):

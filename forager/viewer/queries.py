@@ -122,53 +122,69 @@ def exists(conn: sqlite3.Connection, table: str, key: str) -> bool:
 
 # ---------------------------------------------------------------- collections
 
-COLLECTION_COLUMNS = f"""
-    policy, model, COUNT(*) AS n, SUM(reward >= {SOLVED}) AS solved, AVG(reward) AS mean_reward,
-    AVG(steps) AS mean_steps, MAX(steps) AS max_steps, SUM(prompt_tokens) AS prompt_tokens,
-    SUM(completion_tokens) AS completion_tokens, SUM(model_seconds) AS model_seconds,
-    SUM(env_seconds) AS env_seconds, SUM(wall_seconds) AS wall_seconds, COUNT(DISTINCT repo) AS repos,
-    COUNT(DISTINCT task_id) AS tasks, SUM(parent_id IS NOT NULL) AS branches
-"""
+# Sums per group; groups are merged in Python. One pass over the table in its own order (NOT INDEXED),
+# grouped finely and merged here, is 2-3x faster at 100k rows than letting SQLite walk the (policy, model)
+# index, which visits a quarter of the table's rows in random order per collection.
+SUMS = f"""COUNT(*) AS n, SUM(reward >= {SOLVED}) AS solved, SUM(reward) AS reward, SUM(steps) AS steps,
+    MAX(steps) AS max_steps, SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
+    SUM(model_seconds) AS model_seconds, SUM(env_seconds) AS env_seconds, SUM(wall_seconds) AS wall_seconds,
+    SUM(parent_id IS NOT NULL) AS branches"""
+SUMMED = ("n", "solved", "reward", "steps", "prompt_tokens", "completion_tokens", "model_seconds", "env_seconds",
+          "wall_seconds", "branches")
 
 
 def collections(conn: sqlite3.Connection) -> list[dict]:
-    found = [dict(r) for r in conn.execute(
-        f"SELECT {COLLECTION_COLUMNS} FROM trajectories GROUP BY policy, model ORDER BY policy, model")]
-    exits: dict[tuple, dict[str, int]] = {}
-    for r in conn.execute("SELECT policy, model, exit_reason, COUNT(*) FROM trajectories GROUP BY 1, 2, 3 ORDER BY 4 DESC"):
-        exits.setdefault((r[0], r[1]), {})[r[2]] = r[3]
-    for c in found:
-        _derive(c)
-        c["exit_reasons"] = exits.get((c["policy"], c["model"]), {})
-    return found
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in conn.execute(f"SELECT policy, model, exit_reason, {SUMS} FROM trajectories NOT INDEXED GROUP BY 1, 2, 3"):
+        groups.setdefault((r["policy"], r["model"]), []).append(dict(r))
+    return [_summary(policy, model, rows) for (policy, model), rows in sorted(groups.items())]
 
 
 def collection(conn: sqlite3.Connection, policy: str, model: str) -> dict | None:
-    key = (policy, model)
-    row = conn.execute(f"SELECT {COLLECTION_COLUMNS} FROM trajectories WHERE policy=? AND model=?", key).fetchone()
-    if row is None or row["n"] == 0:
+    rows = [dict(r) for r in conn.execute(
+        f"SELECT repo, task_kind, exit_reason, steps AS length, {SUMS} FROM trajectories NOT INDEXED "
+        "WHERE policy=? AND model=? GROUP BY 1, 2, 3, 4", (policy, model))]
+    if not rows:
         return None
-    c = _derive(dict(row))
-    c["exit_reasons"] = dict(conn.execute(
-        "SELECT exit_reason, COUNT(*) FROM trajectories WHERE policy=? AND model=? GROUP BY 1 ORDER BY 2 DESC", key).fetchall())
-    c["steps_histogram"] = conn.execute(
-        "SELECT steps, COUNT(*) FROM trajectories WHERE policy=? AND model=? GROUP BY steps ORDER BY steps", key).fetchall()
-    c["by_repo"] = [dict(r) for r in conn.execute(
-        f"SELECT repo, COUNT(*) AS n, AVG(reward) AS mean_reward, SUM(reward >= {SOLVED}) AS solved "
-        "FROM trajectories WHERE policy=? AND model=? GROUP BY repo ORDER BY repo", key)]
-    c["by_kind"] = [dict(r) for r in conn.execute(
-        f"SELECT task_kind, COUNT(*) AS n, SUM(reward >= {SOLVED}) AS solved "
-        "FROM trajectories WHERE policy=? AND model=? GROUP BY 1 ORDER BY 1", key)]
+    c = _summary(policy, model, rows)
+    c["tasks"] = conn.execute("SELECT COUNT(*) FROM (SELECT DISTINCT task_id FROM trajectories NOT INDEXED "
+                              "WHERE policy=? AND model=?)", (policy, model)).fetchone()[0]
+    lengths: dict[int, int] = {}
+    for r in rows:
+        lengths[r["length"]] = lengths.get(r["length"], 0) + r["n"]
+    c["steps_histogram"] = sorted(lengths.items())
+    c["by_repo"] = [dict(_merge(g), repo=k) for k, g in _group(rows, "repo")]
+    c["by_kind"] = [dict(_merge(g), task_kind=k) for k, g in _group(rows, "task_kind")]
+    c["repos"] = len(c["by_repo"])
     return c
 
 
-def _derive(c: dict) -> dict:
-    n = c["n"] or 1
-    c["solve_rate"] = (c["solved"] or 0) / n
-    c["tokens"] = (c["prompt_tokens"] or 0) + (c["completion_tokens"] or 0)
-    c["mean_tokens"] = c["tokens"] / n
-    overhead = (c["wall_seconds"] or 0) - (c["model_seconds"] or 0) - (c["env_seconds"] or 0)
-    c["other_seconds"] = max(0.0, overhead)  # the loop's own time: grading, state recording, queueing
+def _group(rows: list[dict], column: str) -> list[tuple[str, list[dict]]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r[column], []).append(r)
+    return sorted(out.items())
+
+
+def _merge(rows: list[dict]) -> dict:
+    total = {k: sum(r[k] or 0 for r in rows) for k in SUMMED}
+    total["max_steps"] = max(r["max_steps"] or 0 for r in rows)
+    total["mean_reward"] = total["reward"] / total["n"]
+    return total
+
+
+def _summary(policy: str, model: str, rows: list[dict]) -> dict:
+    c = dict(_merge(rows), policy=policy, model=model)
+    exits: dict[str, int] = {}
+    for r in rows:
+        exits[r["exit_reason"]] = exits.get(r["exit_reason"], 0) + r["n"]
+    c["exit_reasons"] = dict(sorted(exits.items(), key=lambda kv: -kv[1]))
+    c["mean_steps"] = c["steps"] / c["n"]
+    c["solve_rate"] = c["solved"] / c["n"]
+    c["tokens"] = c["prompt_tokens"] + c["completion_tokens"]
+    c["mean_tokens"] = c["tokens"] / c["n"]
+    # the loop's own time: grading, state recording, queueing
+    c["other_seconds"] = max(0.0, c["wall_seconds"] - c["model_seconds"] - c["env_seconds"])
     return c
 
 
