@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from forager.config import Settings  # noqa: E402
 from forager.models import (  # noqa: E402
-    Action, Certificate, EpisodeResult, ImageRecord, Observation, PolicyInfo, StateChange, Step, Task, Trajectory,
+    Action, Certificate, ImageRecord, Observation, PolicyInfo, StateChange, Step, Task, Trajectory,
 )
 from forager.trace.models import Trace, TraceFrame  # noqa: E402
 from forager.trajectories import TrajectoryStore, trajectory_id  # noqa: E402

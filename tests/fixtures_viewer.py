@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,11 +265,11 @@ def start_viewer(home: Path, *args: str, wait: float = 120) -> ViewerServer:
         [sys.executable, "-m", "forager.viewer", "--home", str(home), "--port", "0", "--json", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
-    deadline = time.time() + wait
-    line = proc.stdout.readline()  # blocks until the line or the exit; the deadline guards a hang
-    if time.time() > deadline or not line:
+    ready_to_read, _, _ = select.select([proc.stdout], [], [], wait)  # the line comes whole (one flushed write)
+    line = proc.stdout.readline() if ready_to_read else ""
+    if not line:
         proc.kill()
-        raise RuntimeError(f"viewer did not start: {proc.stderr.read()[-2000:]}")
+        raise RuntimeError(f"viewer did not start within {wait}s: {proc.stderr.read()[-2000:]}")
     ready = json.loads(line)
     if not ready.get("ok"):
         proc.wait(10)
