@@ -141,7 +141,8 @@ def test_trace_steps_resolve_unchanged_locals_per_scope():
         TraceFrame(event="line", line=2, source="    b = g(a)\n", locals={"a": ".."}),
         TraceFrame(event="call", line=9, source="def g(a):\n", locals={"a": "1"}, depth=1),
         TraceFrame(event="line", line=10, source="    c = a * 5\n", locals={"a": ".."}, depth=1),
-        TraceFrame(event="return", line=10, source="    return c\n", value="5", depth=1),
+        TraceFrame(event="line", line=11, source="    return c\n", locals={"a": "..", "c": "5"}, depth=1),
+        TraceFrame(event="return", line=11, source="    return c\n", value="5", depth=1),
         TraceFrame(event="line", line=3, source="    return b\n", locals={"a": "..", "b": "5"}),
         TraceFrame(event="return", line=3, source="    return b\n", value="5"),
     ]
@@ -149,8 +150,8 @@ def test_trace_steps_resolve_unchanged_locals_per_scope():
     steps = render.trace_steps(trace)
     assert steps[1]["changed"] == {} and steps[1]["kept"] == ["a"]
     assert render.scope_at(steps, 3) == {"a": "1"}  # g's own scope, not f's
-    assert render.scope_at(steps, 5) == {"a": "1", "b": "5"} and steps[5]["changed"] == {"b": "5"}
-    assert steps[4]["value"] == "5"
+    assert steps[5]["value"] == "5" and render.scope_at(steps, 5) == {"a": "1", "c": "5"}  # the scope it leaves
+    assert render.scope_at(steps, 6) == {"a": "1", "b": "5"} and steps[6]["changed"] == {"b": "5"}  # f's again
 
 
 def test_diff_lines_are_classed_and_escaped():
