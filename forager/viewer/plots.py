@@ -11,6 +11,8 @@ from html import escape
 
 from markupsafe import Markup
 
+from forager.viewer.render import seconds
+
 WIDTH = 560
 BAR_HEIGHT = 18
 LABEL_WIDTH = 170
@@ -48,7 +50,8 @@ def histogram(bins: list[tuple[str, int]], x_label: str, label: str) -> Markup:
     body = [f'<line x1="{left}" y1="{top + plot_h}" x2="{WIDTH - 8}" y2="{top + plot_h}" class="axis"/>',
             f'<text x="{left - 6}" y="{top + 8}" class="tick" text-anchor="end">{peak}</text>',
             f'<text x="{left - 6}" y="{top + plot_h}" class="tick" text-anchor="end">0</text>']
-    every = max(1, len(bins) // 12)  # label at most ~12 bins so the text does not overlap
+    widest = max(len(name) for name, _ in bins) * 6.5 + 8  # ~6.5 px per character at 11 px
+    every = max(1, -(-int(widest) // max(int(step), 1)))  # label every n-th bin so labels never overlap
     for i, (name, count) in enumerate(bins):
         h = plot_h * count / peak
         x = left + i * step
@@ -80,8 +83,8 @@ def hbars(items: list[tuple[str, float, str]], maximum: float | None, label: str
     return _svg(WIDTH, 8 + len(items) * (BAR_HEIGHT + 4), body, label)
 
 
-def stacked(rows: list[tuple[str, dict[str, float]]], label: str, unit: str = "s") -> Markup:
-    """One bar per row split into parts (model / env / other time), each bar scaled to its own total."""
+def stacked(rows: list[tuple[str, dict[str, float]]], label: str) -> Markup:
+    """One bar per row split into parts (model / env / other seconds), each bar scaled to its own total."""
     if not rows:
         return Markup('<p class="muted">no data</p>')
     plot_w = WIDTH - LABEL_WIDTH - 90
@@ -94,9 +97,9 @@ def stacked(rows: list[tuple[str, dict[str, float]]], label: str, unit: str = "s
         for part, value in parts.items():
             w = plot_w * value / total
             body.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{BAR_HEIGHT}" fill="{COLORS.get(part, "#888")}">'
-                        f'<title>{escape(name)} {part}: {value:,.1f} {unit} ({100 * value / total:.0f}%)</title></rect>')
+                        f'<title>{escape(name)} {part}: {seconds(value)} ({100 * value / total:.0f}%)</title></rect>')
             x += w
-        body.append(f'<text x="{LABEL_WIDTH + plot_w + 6}" y="{y + 13}" class="tick">{sum(parts.values()):,.0f} {unit}</text>')
+        body.append(f'<text x="{LABEL_WIDTH + plot_w + 6}" y="{y + 13}" class="tick">{seconds(sum(parts.values()))}</text>')
     legend_y = 8 + len(rows) * (BAR_HEIGHT + 4)
     for j, part in enumerate(next(iter(rows))[1]):
         lx = LABEL_WIDTH + j * 90
