@@ -7,8 +7,8 @@ returns a `ViewerStore` saying what it wrote, so tests compare the pages with th
 
 `viewer_store` (session): that store in a temp dir. `viewer_server` (session): `python -m forager.viewer`
 serving it on a free loopback port (`.url`). `start_viewer(home, *args)` / `stop_viewer(server)` start
-and stop others. `chromium_browser` (session) and `chromium_page`: headless Debian Chromium driven by Playwright; installs the
-`chromium` package with apt-get when it is missing. `VIEWER_SCREENSHOTS` (env) is where the browser
+and stop others. `chromium_browser` (session) and `chromium_page`: headless Debian Chromium driven by
+Playwright; installs the `chromium` package with apt-get when it is missing. `VIEWER_SCREENSHOTS` (env) is where the browser
 tests save page screenshots (default: a temp dir); set it to docs/images to refresh the README's.
 """
 
