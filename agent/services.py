@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlparse
 
-from forager.config import Settings
+from forager.config import ENVSERVER_TOKEN_FILE, Settings, ensure_secret, masked
 from forager.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -25,13 +25,23 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 __all__ = ["LocalServices", "ServiceError", "redis_command", "redis_reachable", "workers_on"]
 
 
-def redis_command(port: int, data_dir: Path, *, daemonize: bool = False) -> list[str]:
-    """How Forager runs redis-server: loopback only, append-only persistence, data in `data_dir`."""
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-           "--appendonly", "yes", "--save", ""]
+def redis_command(port: int, data_dir: Path, password: str | None, *, daemonize: bool = False) -> list[str]:
+    """How Forager runs redis-server: loopback only, append-only persistence, data in `data_dir`, and a
+    password (in a config file only this user can read, never on a command line `ps` shows)."""
+    lines = [f"port {port}", "bind 127.0.0.1", f'dir "{data_dir}"', "appendonly yes", 'save ""']
+    if password:
+        lines.append(f"requirepass {password}")
     if daemonize:
-        cmd += ["--daemonize", "yes", "--logfile", str(data_dir / "redis.log")]
-    return cmd
+        lines += ["daemonize yes", f'logfile "{data_dir / "redis.log"}"']
+    conf = data_dir / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return ["redis-server", str(conf)]
+
+
+def redis_password(url: str) -> str | None:
+    return urlparse(url).password
 
 
 def _free_port() -> int:
@@ -59,11 +69,12 @@ def redis_reachable(url: str) -> bool:
 
 
 def envserver_reachable(url: str, token: str | None = None) -> bool:
+    """An env server answers at `url` and takes `token` (an authenticated call, not just /healthz)."""
     import httpx
 
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.get(url.rstrip("/") + "/healthz", timeout=3, headers=headers).status_code == 200
+        return httpx.get(url.rstrip("/") + "/tools", timeout=3, headers=headers).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -161,15 +172,15 @@ class LocalServices:
         parsed = urlparse(url)
         exe = shutil.which("redis-server")
         if parsed.hostname not in LOOPBACK or not exe:
-            raise ServiceError(f"Redis at {url} is unreachable (start it with `forager setup`, or set FORAGER_REDIS_URL)")
+            raise ServiceError(f"Redis at {masked(url)} is unreachable (start it with `forager setup`, or set FORAGER_REDIS_URL)")
         port = parsed.port or 6379
         if not _port_free(port):
-            raise ServiceError(f"Redis at {url} does not answer, and its port is taken by something else")
+            raise ServiceError(f"Redis at {masked(url)} does not answer, and its port is taken by something else")
         data = self.settings.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        proc, log = self._spawn("redis", redis_command(port, data), grace=30)
+        proc, log = self._spawn("redis", redis_command(port, data, redis_password(url)), grace=30)
         _wait(lambda: redis_reachable(url), proc, "redis-server", log)
-        self.log(f"started redis-server on {url} (append-only, data in {data})")
+        self.log(f"started redis-server on {masked(url)} (append-only, data in {data})")
 
     def _envserver(self) -> None:
         url = self.settings.envserver_url
@@ -182,10 +193,13 @@ class LocalServices:
         if not _port_free(port):
             port = _free_port()
         url = f"http://127.0.0.1:{port}"
+        if not self.settings.envserver_token:  # the server always requires one: make this host's
+            self.settings.envserver_token = ensure_secret(self.settings.home / ENVSERVER_TOKEN_FILE)
+        self.env["FORAGER_ENVSERVER_TOKEN"] = self.settings.envserver_token  # passed by env, not on the command line
         cmd = [sys.executable, "-m", "envserver", "--host", "127.0.0.1", "--port", str(port)]
         # Allowed images: the catalog's ok images (the server's default) and nothing else.
         proc, log = self._spawn("envserver", cmd, grace=120)  # it removes its containers on SIGTERM
-        _wait(lambda: envserver_reachable(url), proc, "the env server", log)
+        _wait(lambda: envserver_reachable(url, self.settings.envserver_token), proc, "the env server", log)
         self.settings.envserver_url = self.env["FORAGER_ENVSERVER_URL"] = url
         self.log(f"started the env server on {url}")
 

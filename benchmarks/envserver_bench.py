@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ from envserver.client import AsyncEnvClient, EnvClient  # noqa: E402
 from envserver.models import Limits  # noqa: E402
 
 COMMAND = "echo hello"
+
+TOKEN = secrets.token_hex(16)  # the env server always requires one
 
 
 def pct(values: list[float], q: float) -> float:
@@ -57,7 +60,7 @@ def start_server(image: str, pool: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     home = tempfile.mkdtemp(prefix="envserver-bench-")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "envserver", "--port", str(port), "--allow", image, "--pool", f"{image}={pool}",
+        [sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port), "--allow", image, "--pool", f"{image}={pool}",
          "--server-id", f"bench-{os.getpid()}"],
         cwd=ROOT, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL, stderr=open(f"{home}/server.log", "w"),
     )
@@ -146,7 +149,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def bench_concurrent(url: str, image: str, envs: int, steps: int, server_pid: int) -> dict:
-    admin = AsyncEnvClient(url)
+    admin = AsyncEnvClient(url, token=TOKEN)
     errors: list[str] = []
     t0 = time.perf_counter()
     created = await asyncio.gather(*(admin.create_env(image) for _ in range(envs)), return_exceptions=True)
@@ -158,7 +161,7 @@ async def bench_concurrent(url: str, image: str, envs: int, steps: int, server_p
 
     # One client (one keep-alive connection) per env, made before the clock starts: building an httpx
     # client costs tens of ms of CPU (SSL context), which would otherwise land on the first steps.
-    clients = [AsyncEnvClient(url) for _ in ids]
+    clients = [AsyncEnvClient(url, token=TOKEN) for _ in ids]
     await asyncio.gather(*(c.health() for c in clients))  # connect each one
 
     async def drive(env_id: str, n: int) -> None:
@@ -209,7 +212,7 @@ def main() -> None:
     proc, url = start_server(args.image, args.pool)
     figures: dict = {"image": args.image, "cpus": os.cpu_count(), "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     try:
-        with EnvClient(url) as client:
+        with EnvClient(url, token=TOKEN) as client:
             rt = bench_round_trip(client, dclient, args.image, args.rounds, args.baseline_rounds)
             print(f"shell round trip   p50 {rt['shell_p50_ms']} ms  p99 {rt['shell_p99_ms']} ms  | docker exec CLI p50 "
                   f"{rt['docker_exec_cli_p50_ms']} ms ({rt['speedup_vs_docker_exec_cli']}x), SDK exec_run p50 "

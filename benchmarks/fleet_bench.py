@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from forager.config import Settings  # noqa: E402
 from forager.cli.ui import console  # noqa: E402
+
+TOKEN = secrets.token_hex(16)  # the env server always requires one
 
 
 def free_port() -> int:
@@ -65,7 +68,7 @@ def start_services(work: Path):
     redis_url = f"redis://127.0.0.1:{rport}/0"
     wait_until(lambda: _quiet(lambda: redis.Redis.from_url(redis_url).ping()), "redis")
     log = open(work / "envserver.log", "ab")
-    procs.append(subprocess.Popen([sys.executable, "-m", "envserver", "--host", "127.0.0.1", "--port", str(eport),
+    procs.append(subprocess.Popen([sys.executable, "-m", "envserver", "--token", TOKEN, "--host", "127.0.0.1", "--port", str(eport),
                                    "--allow", "forager/*", "--server-id", f"fleet-bench-{eport}"],
                                   stdout=log, stderr=log, env={**os.environ, "FORAGER_HOME": str(work / "server")}))
     env_url = f"http://127.0.0.1:{eport}"
@@ -111,7 +114,7 @@ def run_baseline(tasks, n: int, env_url: str, store_dir: Path) -> dict:
     store = TrajectoryStore(store_dir)
     env_s = ep_s = 0.0
     started = time.monotonic()
-    with EnvClient(env_url) as client:
+    with EnvClient(env_url, token=TOKEN) as client:
         for task, attempt in episode_list(tasks, n, 0):
             traj = run_episode(task, make_policy("oracle", run_tests=False), client, attempt=attempt)
             assert traj.result.reward == 1.0, (task.id, traj.exit_reason, traj.error)
@@ -132,9 +135,9 @@ def run_fleet(tasks, n: int, workers: int, redis_url: str, env_url: str, home: P
     from agent.status import RESULTS_KEY, collection_status
 
     queue = f"bench-w{workers}"
-    env = {**os.environ, "FORAGER_REDIS_URL": redis_url, "FORAGER_ENVSERVER_URL": env_url, "FORAGER_QUEUE": queue,
+    env = {**os.environ, "FORAGER_REDIS_URL": redis_url, "FORAGER_ENVSERVER_URL": env_url, "FORAGER_ENVSERVER_TOKEN": TOKEN, "FORAGER_QUEUE": queue,
            "FORAGER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    settings = Settings(home=home, redis_url=redis_url, envserver_url=env_url, queue=queue)
+    settings = Settings(home=home, redis_url=redis_url, envserver_url=env_url, envserver_token=TOKEN, queue=queue)
     conn = connect(redis_url)
     home.mkdir(parents=True, exist_ok=True)
     # Workers up and idle first, so their start-up is not counted as fleet overhead.

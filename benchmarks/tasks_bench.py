@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from forager.config import Settings  # noqa: E402
 from forager.tasks.synth import SynthesisError, default_workers, run_synthesis  # noqa: E402
 from forager.cli.ui import progress  # noqa: E402
+
+TOKEN = secrets.token_hex(16)  # the env server always requires one
 
 
 def free_port() -> int:
@@ -66,7 +69,7 @@ def ok_images(list_path: Path, settings: Settings) -> tuple[list, int]:
 def start_envserver(allow: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     home = tempfile.mkdtemp(prefix="tasks-bench-envserver-")
-    args = [sys.executable, "-m", "envserver", "--port", str(port)]
+    args = [sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port)]
     for a in allow:
         args += ["--allow", a]
     proc = subprocess.Popen(args, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL,
@@ -183,7 +186,7 @@ def main() -> None:
         started = time.monotonic()
         try:
             def episode(task):
-                with EnvClient(url) as env_client:  # a client per episode: nothing shared between threads
+                with EnvClient(url, token=TOKEN) as env_client:  # a client per episode: nothing shared between threads
                     return task, run_episode(task, make_policy("oracle", run_tests=False), env_client, max_turns=20)
 
             with progress() as bar, ThreadPoolExecutor(args.oracle_concurrency) as pool:

@@ -34,11 +34,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m envserver", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None, help="bearer token clients must send")
+    p.add_argument("--token", default=None, help="bearer token clients must send (prefer --token-file: argv is public)")
+    p.add_argument("--token-file", type=Path, default=None, help="a file holding the token")
     p.add_argument("--server-id", default=None)
     p.add_argument("--allow", action="append", default=[], help="image tag or glob; repeatable")
     p.add_argument("--catalog", type=Path, default=None)
     p.add_argument("--pool-size", type=int, default=0)
+    p.add_argument("--grading-pool-size", type=int, default=1, help="warm grading containers per graded image")
+    p.add_argument("--max-envs", type=int, default=512)
+    p.add_argument("--require-disk-quota", action="store_true", help="refuse to start where envs get no disk quota")
     p.add_argument("--pool", action="append", default=[], help="IMAGE=N warm containers; repeatable")
     p.add_argument("--reaper-interval", type=float, default=30.0)
     p.add_argument("--max-timeout", type=float, default=3600.0)
@@ -55,13 +59,16 @@ def _say(doc: dict, as_json: bool, text: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
+        token = args.token or (args.token_file.read_text().strip() if args.token_file else None)
         config = ServerConfig(
-            host=args.host, port=args.port, token=args.token or os.environ.get("FORAGER_ENVSERVER_TOKEN") or None,
+            host=args.host, port=args.port, token=token or os.environ.get("FORAGER_ENVSERVER_TOKEN") or None,
             server_id=args.server_id, allow=args.allow, catalog=args.catalog, pool_size=args.pool_size,
             pool=parse_pool(args.pool), reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
+            grading_pool_size=args.grading_pool_size, max_envs=args.max_envs,
+            require_disk_quota=args.require_disk_quota,
         )
         app = create_app(config)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError too
         _say({"ok": False, "error": str(exc)}, args.json, str(exc))
         sys.exit(2)
     try:

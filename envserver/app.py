@@ -14,11 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from envserver import grading, tools
+from envserver import tools
 from envserver.config import ServerConfig
 from envserver.docker_backend import Backend
 from envserver.envs import Env, Manager
-from envserver.errors import BadRequest, EnvGone, EnvServerError
+from envserver.errors import BadRequest, EnvBroken, EnvGone, EnvServerError
 from envserver.metrics import Metrics
 from envserver.models import (
     CreateEnvRequest,
@@ -47,6 +47,9 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
         # Docker calls are blocking; each waits in a thread, and 64 concurrent envs need more than the default 6.
         loop.set_default_executor(ThreadPoolExecutor(config.docker_threads, thread_name_prefix="docker"))
         manager = Manager(config, backend or Backend(pool_size=config.docker_threads))
+        if config.require_disk_quota and not await asyncio.to_thread(manager.backend.quota_support):
+            raise RuntimeError("require_disk_quota is set but this Docker cannot give containers a disk quota "
+                               "(it needs overlay2 on XFS with pquota: `forager setup` makes one)")
         await manager.start()
         app.state.manager = manager
         try:
@@ -75,19 +78,20 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
         return JSONResponse(ErrorResponse(error="bad_request", message=_problems(exc.errors())).model_dump(), status_code=422)
 
     async def run_tool(env_id: str, tool: str, work):
-        """Serialise tool calls per env, time them, and turn a dead container into env_gone."""
+        """Serialise tool calls per env, time them, and turn a dead container into env_gone, or env_broken
+        when the agent's own commands did it (its memory ran out, its shell is gone)."""
         env = mgr().live(env_id)
         async with env.lock:
             env = mgr().live(env_id)  # it may have died while this call waited its turn
             with metrics.step(tool):
                 try:
                     return await work(env)
-                except SessionDied as exc:
-                    mgr().mark_gone(env, f"its shell could not be restarted: {exc}")
-                    raise EnvGone(f"env {env_id} is gone: its shell could not be restarted") from exc
-                except EnvGone as exc:
-                    mgr().mark_gone(env, exc.message)
-                    raise
+                except (SessionDied, EnvGone) as exc:
+                    if isinstance(exc, EnvBroken):
+                        raise
+                    reason, broken = await mgr().why_dead(env)
+                    mgr().mark_gone(env, reason, broken)
+                    raise (EnvBroken if broken else EnvGone)(f"env {env_id} is gone: {reason}") from exc
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -95,7 +99,8 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
         await asyncio.to_thread(m.backend.ping)  # 503 docker_unavailable when the daemon is down
         return {
             "ok": True, "server_id": m.server_id, "envs": len(m.envs), "pool": m.pool.stats(),
-            "pool_failures": m.pool.failures, "removed_at_start": m.startup_removed,
+            "grading_pool": m.graders.stats(), "pool_failures": m.pool.failures,
+            "removed_at_start": m.startup_removed, "disk_quota": await asyncio.to_thread(m.backend.quota_support),
         }
 
     @app.get("/tools", response_model=list[ToolSchema])
@@ -148,7 +153,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.post("/envs/{env_id}/edit", response_model=FileToolResponse)
     async def edit(env_id: str, req: EditRequest):
         async def work(env: Env):
-            return await tools.edit(mgr().backend, env.container_id, env.workdir, req)
+            return await tools.edit(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
 
         result = await run_tool(env_id, "edit", work)
         if not result.ok:
@@ -158,7 +163,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.post("/envs/{env_id}/create", response_model=FileToolResponse)
     async def create_file(env_id: str, req: CreateFileRequest):
         async def work(env: Env):
-            return await tools.create(mgr().backend, env.container_id, env.workdir, req)
+            return await tools.create(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
 
         result = await run_tool(env_id, "create", work)
         if not result.ok:
@@ -168,7 +173,7 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.post("/envs/{env_id}/submit", response_model=SubmitResponse)
     async def submit(env_id: str):
         async def work(env: Env):
-            return await grading.submit(mgr().backend, env.container_id, env.workdir, env.base_commit, env.grading)
+            return await mgr().submit(env)
 
         return await run_tool(env_id, "submit", work)
 

@@ -19,7 +19,7 @@ def default_home() -> Path:
 class ServerConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8765
-    token: str | None = Field(default=None, description="bearer token; required unless bound to loopback")
+    token: str | None = Field(default=None, description="bearer token every client must send (required, also on loopback)")
     server_id: str | None = Field(
         default=None, description="labels this server's containers; stable across restarts (default: host-port)"
     )
@@ -40,6 +40,16 @@ class ServerConfig(BaseModel):
     max_timeout: float = Field(default=3600.0, gt=0)
     output_cap: int = Field(default=480 * 1024, ge=1024, description="bytes of shell output returned before cutting")
     max_body: int = Field(default=10 * 1024 * 1024, ge=1024, description="largest request body, bytes")
+    max_file_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest file edit/create handles")
+    patch_cap: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest patch a submit grades, bytes")
+    grading_pool_size: int = Field(default=1, ge=0, le=64, description="warm grading containers per graded image")
+    max_envs: int = Field(default=512, ge=1, description="live envs this server holds at most")
+    max_ttl: int = Field(default=86400, ge=10, description="ceiling on an env's ttl, seconds")
+    max_limits: Limits = Field(
+        default_factory=lambda: Limits(cpus=8, memory_mb=16384, pids=4096, disk_mb=51200),
+        description="ceilings on what one env may ask for",
+    )
+    require_disk_quota: bool = Field(default=False, description="refuse to start where envs cannot get a disk quota")
     docker_threads: int = Field(default=64, ge=4, description="threads for blocking Docker API calls")
 
     def resolved_server_id(self) -> str:
@@ -53,9 +63,13 @@ class ServerConfig(BaseModel):
         return None
 
     def check(self) -> None:
-        """Refuse settings that would expose containers to the network without a token."""
-        if not self.token and not is_loopback(self.host):
-            raise ValueError(f"refusing to bind {self.host} without --token: only loopback may run without auth")
+        """Refuse to serve without a token: any local user or process (a build's setup.py, an env with a
+        network) could otherwise drive containers through a loopback server."""
+        if not self.token:
+            raise ValueError("a token is required (--token, --token-file or FORAGER_ENVSERVER_TOKEN); "
+                             "`forager serve` passes this host's $FORAGER_HOME/envserver.token")
+        if len(self.token) < 16 and not is_loopback(self.host):
+            raise ValueError(f"refusing to bind {self.host} with a token under 16 characters")
         if self.default_timeout > self.max_timeout:
             raise ValueError("default_timeout is above max_timeout")
 

@@ -84,6 +84,7 @@ class Backend:
         self.api = self.client.api
         self._image_cache: dict[str, tuple[str, str | None]] = {}
         self._quota: bool | None = None
+        self._driver: str | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ containers
@@ -108,28 +109,35 @@ class Backend:
         return self.api.inspect_image(image)["Id"]
 
     def quota_support(self) -> bool:
-        """Whether containers can get a disk quota here: overlay2 on XFS mounted with pquota (Docker's
-        only per-container size limit for overlay2). Probed once by creating a container with one."""
+        """Whether containers can get a disk quota here (btrfs, overlay2 on XFS with project quotas, zfs):
+        probed once, by creating (not starting) a container with one."""
         with self._lock:
             if self._quota is None:
+                self._driver = self.api.info().get("Driver")
                 self._quota = self._probe_quota()
             return self._quota
 
     def _probe_quota(self) -> bool:
-        info = self.api.info()
-        backing = dict(info.get("DriverStatus") or [])
-        if info.get("Driver") != "overlay2" or backing.get("Backing Filesystem") != "xfs":
-            return False
         images = [t for i in self.api.images() for t in (i.get("RepoTags") or []) if t != "<none>:<none>"]
         if not images:
             return False
         try:
             cid = self.api.create_container(images[0], command=["true"], entrypoint=[], host_config=
-                                            self.api.create_host_config(storage_opt={"size": "64M"}))["Id"]
+                                            self.api.create_host_config(storage_opt={"size": "4G"}))["Id"]
         except docker.errors.APIError:
             return False
         self.api.remove_container(cid, force=True)
         return True
+
+    def _storage(self, image: str, disk_mb: int | None) -> dict | None:
+        """The storage option that gives a container `disk_mb` to write. btrfs counts the image's own data
+        in a container's quota (a qgroup limits what the subvolume references), so it gets the image's size
+        on top."""
+        if not disk_mb or not self.quota_support():
+            return None
+        if self._driver == "btrfs":
+            disk_mb += int(self.api.inspect_image(image).get("Size", 0) / 2**20) + 1
+        return {"size": f"{disk_mb}M"}
 
     @_docker_errors
     def start_container(
@@ -138,7 +146,7 @@ class Backend:
         disk_mb: int | None = None, lifeline: bool = False,
     ) -> tuple[str, socket.socket | None]:
         """Create and start a container; returns (id, the lifeline socket or None). The one place that does."""
-        storage = {"size": f"{disk_mb}M"} if disk_mb and self.quota_support() else None
+        storage = self._storage(image, disk_mb)
         host_config = self.api.create_host_config(
             network_mode=network_mode,
             nano_cpus=int(cpus * 1e9) if cpus else None,
@@ -246,10 +254,15 @@ class Backend:
 
     @_docker_errors
     def attach_bash(self, container_id: str, user: str | None, env: list[str]):
-        """Start bash in its own session with stdin attached; returns (exec id, socket)."""
+        """Start bash with stdin attached; returns (exec id, socket).
+
+        Docker makes an exec's process the leader of its own session and process group, so bash is one
+        already: a timeout kills its group and session, and an agent's `kill -9 -1` spares it (a process is
+        never sent its own kill -1). A `setsid` wrapper would be the exec's process instead, killable, and
+        Docker would close the session's stream once it died."""
         try:
             exec_id = self.api.exec_create(
-                container_id, ["setsid", "-w", "bash", "--noprofile", "--norc"],
+                container_id, ["bash", "--noprofile", "--norc"],
                 stdin=True, stdout=True, stderr=True, tty=False, user=user or "", environment=env,
             )["Id"]
             sio = self.api.exec_start(exec_id, socket=True)

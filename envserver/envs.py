@@ -20,14 +20,15 @@ from envserver import grading
 from envserver.allowlist import AllowList
 from envserver.config import ServerConfig
 from envserver.docker_backend import Backend
-from envserver.errors import BadRequest, EnvGone, ImageNotAllowed, UnknownEnv
-from envserver.models import CreateEnvRequest, EnvInfo, GradingSpec, Limits
+from envserver.errors import BadRequest, EnvBroken, EnvGone, ImageNotAllowed, UnknownEnv
+from envserver.models import CreateEnvRequest, EnvInfo, GradingSpec, Limits, SubmitResponse
 from envserver.pool import WarmPool
 from envserver.session import BashSession, SessionDied
 
 log = logging.getLogger("envserver")
 
-LABEL_SERVER, LABEL_ENV, LABEL_EXPIRES = "forager.server", "forager.env", "forager.expires"
+LABEL_SERVER, LABEL_ENV, LABEL_EXPIRES, LABEL_KIND = "forager.server", "forager.env", "forager.expires", "forager.kind"
+FACTS_CACHED = 64
 # A warm container's expiry label must cover the longest env it can become (labels are fixed at create).
 POOL_LABEL_TTL = 2 * 86400
 TOMBSTONES = 10_000
@@ -43,10 +44,12 @@ class Env:
     created_at: float
     expires_at: float
     base_commit: str | None = None
+    setup_patch: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     grading: GradingSpec | None = None
     status: str = "running"
     gone_reason: str = ""
+    broken: bool = False  # gone because of what the agent did in it (not the infrastructure)
     outputs: int = 0
     from_pool: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -59,6 +62,15 @@ class Env:
         )
 
 
+@dataclass(eq=False)
+class Grader:
+    """A fresh container of an image that grades one submission, then is removed."""
+
+    id: str
+    image: str
+    container_id: str
+
+
 class Manager:
     def __init__(self, config: ServerConfig, backend: Backend):
         self.config = config
@@ -69,7 +81,11 @@ class Manager:
         self.owned: set[str] = set()  # env ids of every container we started and still own (pool, pending, live)
         self.gone: OrderedDict[str, str] = OrderedDict()  # removed env id -> why, so late callers get 409 not 404
         self.pool = WarmPool(self._start_env, self._remove_env, config.pool_fill_parallel)
+        self.graders = WarmPool(self._start_grader, self._remove_grader, config.pool_fill_parallel)
+        self.facts: OrderedDict[str, grading.ImageFacts] = OrderedDict()  # image id -> facts (images never change)
         self._by_container: dict[str, Env] = {}
+        self._graders: dict[str, Grader] = {}
+        self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._stop_events = None
         self.startup_removed = 0
@@ -94,14 +110,17 @@ class Manager:
         if self._stop_events:
             self._stop_events()
         warm = await self.pool.close()
+        graders = await self.graders.close()
         envs = list(self.envs.values()) + warm
         self.envs.clear()
-        await asyncio.gather(*(self._remove_env(e) for e in envs), return_exceptions=True)
+        await asyncio.gather(*(self._remove_env(e) for e in envs), *(self._remove_grader(g) for g in graders),
+                             *self._background, return_exceptions=True)
         await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)  # anything half-started
 
     # ------------------------------------------------------------------ envs
 
     async def create(self, req: CreateEnvRequest) -> Env:
+        self._check_ceilings(req)
         if not await asyncio.to_thread(self.allow.allows, req.image):  # may re-read a large catalog
             raise ImageNotAllowed(f"image {req.image!r} is not allowed on this server (allowed: {self.allow.describe()})")
         # 422 when the image is not on this host (nothing is ever pulled)
@@ -126,9 +145,21 @@ class Manager:
             raise
         now = time.time()
         env.created_at, env.expires_at = now, now + req.ttl
-        env.labels, env.grading = dict(req.labels), req.grading
+        env.labels, env.grading, env.setup_patch = dict(req.labels), req.grading, req.setup_patch
+        if req.grading is not None and self.config.grading_pool_size:
+            self.graders.want(req.image, self.config.grading_pool_size)  # its submit finds a fresh container ready
         self.envs[env.id] = env
         return env
+
+    def _check_ceilings(self, req: CreateEnvRequest) -> None:
+        if len(self.envs) >= self.config.max_envs:
+            raise BadRequest(f"this server already holds its maximum of {self.config.max_envs} envs: delete some first")
+        ceiling = self.config.max_limits
+        over = [f"{k} {v} > {getattr(ceiling, k)}" for k, v in req.limits.model_dump().items() if v > getattr(ceiling, k)]
+        if req.ttl > self.config.max_ttl:
+            over.append(f"ttl {req.ttl} > {self.config.max_ttl}")
+        if over:
+            raise BadRequest("over this server's ceilings: " + ", ".join(over))
 
     def get(self, env_id: str) -> Env:
         env = self.envs.get(env_id)
@@ -141,7 +172,7 @@ class Manager:
     def live(self, env_id: str) -> Env:
         env = self.get(env_id)
         if env.status != "running":
-            raise EnvGone(f"env {env_id} is gone: {env.gone_reason}")
+            raise (EnvBroken if env.broken else EnvGone)(f"env {env_id} is gone: {env.gone_reason}")
         return env
 
     async def delete(self, env_id: str) -> None:
@@ -150,10 +181,72 @@ class Manager:
         self._tombstone(env_id, "deleted")
         await self._remove_env(env)
 
-    def mark_gone(self, env: Env, reason: str) -> None:
+    def mark_gone(self, env: Env, reason: str, broken: bool = False) -> None:
         if env.status == "running":
-            env.status, env.gone_reason = "gone", reason
+            env.status, env.gone_reason, env.broken = "gone", reason, broken
             asyncio.get_running_loop().create_task(env.session.close())
+
+    async def why_dead(self, env: Env) -> tuple[str, bool]:
+        """(why the env stopped working, whether the agent's own actions did it). An agent cannot stop its
+        container (pid 1 ignores its signals) except by exhausting its memory; a running container whose
+        shell cannot start again means the agent removed or broke bash."""
+        state = await asyncio.to_thread(self.backend.state, env.container_id)
+        if state and state.get("Running"):
+            return "its shell could not be restarted (the agent's commands broke or removed it)", True
+        if state and state.get("OOMKilled"):
+            return "its memory ran out during the agent's commands (the container was killed)", True
+        return "its container stopped (killed, removed, or the Docker daemon restarted)", False
+
+    # ------------------------------------------------------------------ grading
+
+    async def submit(self, env: Env) -> SubmitResponse:
+        """The agent's patch, graded in a fresh container of the env's image (never in the env itself)."""
+        grader = self.graders.take(env.image) or await self._start_grader(env.image)
+        try:
+            facts = await self._image_facts(grader, env.workdir)
+            submission = grading.Submission(env.container_id, env.workdir, env.setup_patch, env.grading)
+            return await grading.submit(self.backend, submission, grader.container_id, facts,
+                                        patch_cap=self.config.patch_cap)
+        finally:
+            task = asyncio.get_running_loop().create_task(self._remove_grader(grader))  # off the response's path
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _image_facts(self, grader: Grader, workdir: str) -> grading.ImageFacts:
+        image_id = await asyncio.to_thread(self.backend.image_id, grader.image)
+        key = f"{image_id}:{workdir}"
+        if key not in self.facts:
+            self.facts[key] = await grading.image_facts(self.backend, grader.container_id, workdir)
+            while len(self.facts) > FACTS_CACHED:
+                self.facts.popitem(last=False)
+        self.facts.move_to_end(key)
+        return self.facts[key]
+
+    async def _start_grader(self, image: str) -> Grader:
+        limits = self.config.default_limits
+        grader_id = "g-" + secrets.token_hex(6)
+        labels = {LABEL_SERVER: self.server_id, LABEL_ENV: grader_id, LABEL_KIND: "grader",
+                  LABEL_EXPIRES: str(int(time.time() + POOL_LABEL_TTL))}
+        self.owned.add(grader_id)
+        try:
+            cid, _ = await asyncio.to_thread(
+                self.backend.start_container, image, name=f"forager-{grader_id}", labels=labels, cpus=None,
+                memory_mb=limits.memory_mb, pids=limits.pids, network_mode=self.config.network_mode,
+                disk_mb=limits.disk_mb,
+            )
+        except BaseException:
+            self.owned.discard(grader_id)
+            raise
+        grader = Grader(grader_id, image, cid)
+        self._graders[cid] = grader
+        return grader
+
+    async def _remove_grader(self, grader: Grader) -> None:
+        self._graders.pop(grader.container_id, None)
+        try:
+            await asyncio.to_thread(self.backend.remove, grader.container_id)
+        finally:
+            self.owned.discard(grader.id)
 
     # ------------------------------------------------------------------ internals
 
@@ -166,14 +259,14 @@ class Manager:
         image_workdir, user = await asyncio.to_thread(self.backend.image_config, image)
         now = time.time()
         labels = {
-            LABEL_SERVER: self.server_id, LABEL_ENV: env_id,
+            LABEL_SERVER: self.server_id, LABEL_ENV: env_id, LABEL_KIND: "env",
             LABEL_EXPIRES: str(int(now + (ttl if ttl is not None else POOL_LABEL_TTL))),
         }
         self.owned.add(env_id)  # before the container exists, so the reaper never takes it for an orphan
         cid, session = None, None
         starting = asyncio.ensure_future(asyncio.to_thread(
             self.backend.start_container, image, name=f"forager-{env_id}", labels=labels, cpus=limits.cpus,
-            memory_mb=limits.memory_mb, pids=limits.pids, network_mode=self.config.network_mode,
+            memory_mb=limits.memory_mb, pids=limits.pids, network_mode=self.config.network_mode, disk_mb=limits.disk_mb,
         ))
         try:
             try:
@@ -216,6 +309,10 @@ class Manager:
             self.owned.discard(env.id)
 
     def _container_died(self, container_id: str) -> None:
+        grader = self._graders.get(container_id)
+        if grader is not None and self.graders.discard_dead(grader):
+            asyncio.get_running_loop().create_task(self._remove_grader(grader))
+            return
         env = self._by_container.get(container_id)
         if env is None:
             return
@@ -223,7 +320,11 @@ class Manager:
             self.owned.discard(env.id)
             asyncio.get_running_loop().create_task(self._remove_env(env))
         else:
-            self.mark_gone(env, "its container stopped (killed, out of memory, or removed)")
+            asyncio.get_running_loop().create_task(self._mark_dead(env))
+
+    async def _mark_dead(self, env: Env) -> None:
+        reason, broken = await self.why_dead(env)
+        self.mark_gone(env, reason, broken)
 
     def _ours(self, container: dict) -> bool:
         return container["labels"].get(LABEL_SERVER) == self.server_id

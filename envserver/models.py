@@ -10,9 +10,13 @@ TestOutcome = Literal["passed", "failed", "error", "skipped"]
 
 
 class Limits(BaseModel):
+    """An env's resources. The server's own ceilings (ServerConfig.max_*) may be lower than these bounds."""
+
     cpus: float = Field(default=1.0, gt=0, le=64)
     memory_mb: int = Field(default=2048, ge=64, le=262144)
     pids: int = Field(default=512, ge=16, le=65536)
+    disk_mb: int = Field(default=10240, ge=64, le=4 * 1024 * 1024,
+                         description="disk the env may write (where the storage driver has quotas; see /healthz)")
 
 
 class GradingSpec(BaseModel):
@@ -89,14 +93,19 @@ class FileToolResponse(BaseModel):
 
 
 class SubmitResponse(BaseModel):
-    patch: str
+    patch: str = Field(description="every difference between the env's files and its base: the bytes that were graded")
     graded: bool = False
     reward: float | None = Field(default=None, description="None when the env has no grading spec")
     tests: dict[str, TestOutcome] = Field(default_factory=dict)
     fail_to_pass: dict[str, TestOutcome] = Field(default_factory=dict)
     pass_to_pass: dict[str, TestOutcome] = Field(default_factory=dict)
+    dropped_files: list[str] = Field(
+        default_factory=list, description="files of the patch put back to their base version before the tests ran"
+    )
+    grading_error: str | None = Field(default=None, description="why the patch was graded 0 without a test verdict")
     grading_log: str = ""
     duration: float = 0.0
+    test_seconds: float = Field(default=0.0, description="of `duration`, the time the test run itself took")
 
 
 class ToolSchema(BaseModel):

@@ -5,10 +5,9 @@ merged output is read back until a sentinel line that only this command could pr
 is handed to asyncio, so reading never blocks the event loop (SWE-ReX issue 261) and a round trip
 costs no Docker API call.
 
-Killing the exec client kills nothing inside the container (moby 9098). bash is therefore started
-under `setsid`, as the leader of its own session and process group; a timeout kills that group
-(and any straggler still in the session) with a separate exec, then starts a fresh bash in the
-last known working directory.
+Killing the exec client kills nothing inside the container (moby 9098). bash, as an exec's process,
+leads its own session and process group; a timeout kills that group (and any straggler still in the
+session) with a separate exec, then starts a fresh bash in the last known working directory.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 
 from envserver.docker_backend import Backend
+from envserver.errors import BadRequest
 
 # Commands reach bash inside $'...' so any text (quotes, newlines, here-docs, syntax errors) is
 # parsed by `eval` as one unit: a broken command returns an error instead of swallowing the
@@ -126,7 +126,10 @@ class BashSession:
         self._clean = False  # False while a command is in flight or after an interrupted read
 
     async def start(self) -> None:
-        exec_id, sock = await asyncio.to_thread(self.backend.attach_bash, self.container_id, self.user, SESSION_ENV)
+        try:
+            exec_id, sock = await asyncio.to_thread(self.backend.attach_bash, self.container_id, self.user, SESSION_ENV)
+        except BadRequest as exc:  # Docker refused the exec: bash is gone from a running container
+            raise SessionDied(f"bash could not start: {exc}") from exc
         self._exec_id = exec_id
         self._reader, self._writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
         self._pending = b""
@@ -148,12 +151,12 @@ class BashSession:
             await self.restart()
         token = secrets.token_hex(8)
         if len(command) <= INLINE_LIMIT:
-            line = f"eval {quote(command)} </dev/null 2>&1; {_sentinel(token, '$?')}\n"
+            line = f"builtin eval {quote(command)} </dev/null 2>&1; {_sentinel(token, '$?')}\n"
         else:
             # bash reads a pipe one byte per syscall; a long command (a big here-doc) goes in as a file instead.
             path = f"/tmp/forager-cmd-{token}"
             await asyncio.to_thread(self.backend.write_file, self.container_id, path, command.encode())
-            line = f'eval "$(< {path})" </dev/null 2>&1; {_sentinel(token, "$?")}; rm -f {path}\n'
+            line = f'builtin eval "$(< {path})" </dev/null 2>&1; {_sentinel(token, "$?")}; rm -f {path}\n'
         out = Output(self._pending)
         self._pending = b""
         self._clean = False
@@ -206,7 +209,10 @@ class BashSession:
     async def kill(self) -> None:
         self._clean = False
         if self.pid:
-            await asyncio.to_thread(self.backend.run_script, self.container_id, _KILL.format(pid=self.pid), 30, "root")
+            try:
+                await asyncio.to_thread(self.backend.run_script, self.container_id, _KILL.format(pid=self.pid), 30, "root")
+            except BadRequest:
+                pass  # no bash left to kill with (the agent removed it): start() below says the env is broken
             self.pid = None
         await self.close()
 
@@ -217,8 +223,9 @@ class BashSession:
 
 
 def _sentinel(token: str, code: str) -> str:
-    # The token is split across two printf arguments so `set -x` tracing never prints the marker.
-    return f"printf '\\n__FORAGER_%s__ %d %s\\n' {token} \"{code}\" \"$PWD\""
+    # The token is split across two printf arguments so `set -x` tracing never prints the marker; `builtin`
+    # so an agent's function named printf (or eval, above) cannot swallow it.
+    return f"builtin printf '\\n__FORAGER_%s__ %d %s\\n' {token} \"{code}\" \"$PWD\""
 
 
 def _drop_trace_of_sentinel(buf: bytearray, token: str) -> None:

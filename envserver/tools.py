@@ -104,22 +104,31 @@ async def shell(
     )
 
 
-async def edit(backend: Backend, cid: str, workdir: str, req: EditRequest) -> FileToolResponse:
+async def edit(backend: Backend, cid: str, workdir: str, req: EditRequest, max_bytes: int) -> FileToolResponse:
     try:
-        path = await _existing_file(backend, cid, resolve(req.path, workdir), req.path)
+        path, st = await _existing_file(backend, cid, resolve(req.path, workdir), req.path)
+        if st.size > max_bytes:  # refused from its size alone: a 4 GB sparse file is never read
+            raise ToolError(f"{req.path} is {st.size} bytes, over the {max_bytes}-byte limit of edit: "
+                            "change it with shell commands (sed, python) instead")
         data, info = await asyncio.to_thread(backend.read_file, cid, path)
+        if b"\0" in data[:8192]:
+            raise ToolError(f"{req.path} is a binary file: edit changes text files only")
         new_data, snip = apply_edit(data, req.old, req.new, req.path)
+        if len(new_data) > max_bytes:
+            raise ToolError(f"the edit would make {req.path} {len(new_data)} bytes, over the {max_bytes}-byte limit")
         await asyncio.to_thread(backend.write_file, cid, path, new_data, info)
-    except docker.errors.NotFound:  # removed between our look and our read or write
+    except (docker.errors.NotFound, FileNotFoundError):  # removed between our look and our read or write
         return FileToolResponse(ok=False, output=f"{req.path}: no such file")
     except ToolError as exc:
         return FileToolResponse(ok=False, output=str(exc))
     return FileToolResponse(ok=True, output=f"Edited {req.path}:\n{snip}")
 
 
-async def create(backend: Backend, cid: str, workdir: str, req: CreateFileRequest) -> FileToolResponse:
+async def create(backend: Backend, cid: str, workdir: str, req: CreateFileRequest, max_bytes: int) -> FileToolResponse:
     try:
         path = resolve(req.path, workdir)
+        if len(req.content.encode()) > max_bytes:
+            raise ToolError(f"the content is over the {max_bytes}-byte limit of create: write it in parts with shell commands")
         if await asyncio.to_thread(backend.stat, cid, path) is not None:
             raise ToolError(f"{req.path} already exists: use edit to change it")
         parent = posixpath.dirname(path)
@@ -130,7 +139,7 @@ async def create(backend: Backend, cid: str, workdir: str, req: CreateFileReques
             raise ToolError(f"{parent} is not a directory")
         data = req.content.encode()
         await asyncio.to_thread(backend.write_file, cid, path, data)
-    except docker.errors.NotFound:
+    except (docker.errors.NotFound, FileNotFoundError):
         return FileToolResponse(ok=False, output=f"directory of {req.path} does not exist")
     except ToolError as exc:
         return FileToolResponse(ok=False, output=str(exc))
@@ -138,15 +147,16 @@ async def create(backend: Backend, cid: str, workdir: str, req: CreateFileReques
     return FileToolResponse(ok=True, output=f"Created {req.path} ({lines} lines):\n{snippet(data, 1, 1)}")
 
 
-async def _existing_file(backend: Backend, cid: str, path: str, shown: str) -> str:
-    for _ in range(8):  # follow a few symlinks, as an editor would
+async def _existing_file(backend: Backend, cid: str, path: str, shown: str):
+    """(the regular file `path` names, following a few symlinks as an editor would; its stat)."""
+    for _ in range(8):
         st = await asyncio.to_thread(backend.stat, cid, path)
         if st is None:
             raise ToolError(f"{shown}: no such file (use create for a new file)")
         if st.is_dir:
             raise ToolError(f"{shown} is a directory")
         if not st.is_symlink:
-            return path
+            return path, st
         target = st.link_target or ""
         path = target if target.startswith("/") else posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     raise ToolError(f"{shown}: too many levels of symbolic links")

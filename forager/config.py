@@ -41,11 +41,12 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls) -> "Settings":
+        home = Path(_env("FORAGER_HOME", str(Path.home() / ".forager"))).expanduser()
         return cls(
-            home=Path(_env("FORAGER_HOME", str(Path.home() / ".forager"))).expanduser(),
-            redis_url=_env("FORAGER_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            home=home,
+            redis_url=os.environ.get("FORAGER_REDIS_URL") or local_redis_url(home),
             envserver_url=_env("FORAGER_ENVSERVER_URL", "http://127.0.0.1:8765"),
-            envserver_token=os.environ.get("FORAGER_ENVSERVER_TOKEN") or None,
+            envserver_token=os.environ.get("FORAGER_ENVSERVER_TOKEN") or _read_secret(home / ENVSERVER_TOKEN_FILE),
             queue=_env("FORAGER_QUEUE", "forager"),
             model_base_url=os.environ.get("FORAGER_MODEL_BASE_URL") or os.environ.get("OPENAI_BASE_URL") or None,
             model_name=os.environ.get("FORAGER_MODEL") or None,
@@ -85,6 +86,44 @@ class Settings(BaseModel):
     @property
     def traces_dir(self) -> Path:
         return self.home / "traces"
+
+
+# Secrets `forager setup` generates in $FORAGER_HOME (mode 0600), so every client on this host finds them.
+REDIS_PASSWORD_FILE = "redis.password"
+ENVSERVER_TOKEN_FILE = "envserver.token"
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_secret(path: Path) -> str:
+    """The secret in `path`, made (random, readable by this user only) when missing."""
+    existing = _read_secret(path)
+    if existing:
+        return existing
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def local_redis_url(home: Path, port: int = 6379) -> str:
+    """The URL of this host's Redis, with the password `forager setup` generated (when there is one)."""
+    password = _read_secret(home / REDIS_PASSWORD_FILE)
+    return f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
+
+
+def masked(url: str) -> str:
+    """A URL fit to print: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]+@", r"\1***@", url)
 
 
 def base_image_tag(python: str = DEFAULT_PYTHON) -> str:

@@ -48,17 +48,16 @@ def base_image(docker_client) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """A private redis-server with append-only persistence on a free loopback port."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed: run `forager setup`"
+    """A private redis-server with a password and append-only persistence on a free loopback port."""
+    assert shutil.which("redis-server"), "redis-server is not installed: run `forager setup`"
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    from agent.services import redis_command
+
+    password = "test-redis-password"  # as every Forager Redis has one (`forager setup` generates it)
+    proc = subprocess.Popen(redis_command(port, workdir, password), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     import redis
 
     deadline = time.time() + 20

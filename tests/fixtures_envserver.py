@@ -1,7 +1,8 @@
 """Fixtures for the envserver tests (and any test that needs an environment server).
 
 `envserver` (session): the REAL server, started as a separate process (`python -m envserver`) on a
-free loopback port, no token, allowing images `forager/*`, with its own FORAGER_HOME and server id.
+free loopback port, with a token (the server always requires one; `.client()` sends it), allowing images
+`forager/*`, with its own FORAGER_HOME and server id.
 It returns an `EnvServer`:
 
     envserver.url                 "http://127.0.0.1:<port>"
@@ -81,13 +82,13 @@ def start_envserver(
     import httpx
 
     port = port or free_port()
+    token = token or f"test-token-{port}-{os.getpid()}"  # the server always requires one
     home = home or Path(tempfile.mkdtemp(prefix="envserver-home-"))
     server_id = server_id or f"test-{os.getpid()}-{port}"
     cmd = [sys.executable, "-m", "envserver", "--host", "127.0.0.1", "--port", str(port), "--server-id", server_id]
     for pattern in allow:
         cmd += ["--allow", pattern]
-    if token:
-        cmd += ["--token", token]
+    cmd += ["--token", token]
     cmd += list(args)
     log = open(home / f"envserver-{port}.log", "ab")
     proc = subprocess.Popen(cmd, env={**os.environ, "FORAGER_HOME": str(home)}, stdout=log, stderr=log)

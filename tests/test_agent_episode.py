@@ -170,6 +170,7 @@ def test_cli_episode_writes_one_trajectory_and_exports_it(synthesized, envserver
     shutil.copytree(synthesized.settings.tasks_dir, home / "tasks")
     monkeypatch.setenv("FORAGER_HOME", str(home))
     monkeypatch.setenv("FORAGER_ENVSERVER_URL", envserver.url)
+    monkeypatch.setenv("FORAGER_ENVSERVER_TOKEN", envserver.token)
     task = synthesized.tasks[2]
     runner = CliRunner()
     for _ in range(2):  # the same (task, attempt, policy) twice: one record

@@ -33,14 +33,15 @@ def test_missing_catalog_allows_only_patterns(tmp_path):
     assert allow.allows("forager/x:1") and not allow.allows("other/x:1")
 
 
-def test_public_bind_needs_a_token():
+def test_every_bind_needs_a_token():
+    import pytest
+
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0")
-    ServerConfig(host="127.0.0.1").check()
-    ServerConfig(host="0.0.0.0", token="t").check()
-    try:
-        ServerConfig(host="0.0.0.0").check()
-    except ValueError as exc:
-        assert "--token" in str(exc)
-    else:
-        raise AssertionError("a public bind without a token was accepted")
+    ServerConfig(host="127.0.0.1", token="t").check()
+    ServerConfig(host="0.0.0.0", token="t" * 16).check()
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with pytest.raises(ValueError, match="a token is required"):
+            ServerConfig(host=host).check()
+    with pytest.raises(ValueError, match="under 16 characters"):
+        ServerConfig(host="0.0.0.0", token="short").check()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +40,7 @@ def test_pool_kill9_restart_reaper_and_clean_shutdown(docker_client, envtest_ima
             assert env.container_id in warm  # taken from the pool, not started for this request
             assert c.shell(env.id, "pwd").output == "/repo\n"
             wait_for(lambda: c.health()["pool"][envtest_image]["ready"] == 2, "the pool to refill")
-            metrics = httpx.get(first.url + "/metrics").text
+            metrics = httpx.get(first.url + "/metrics", headers={"Authorization": f"Bearer {first.token}"}).text
             assert 'forager_envs_created_total{source="pool"} 1.0' in metrics
             old = env_ids(docker_client, server_id)
             assert env.id in old and len(old) == 3
@@ -112,9 +114,20 @@ def test_token_auth_and_request_limits(envtest_image, tmp_path):
         stop_envserver(server)
 
 
-def test_refuses_public_bind_without_token():
-    r = subprocess.run([sys.executable, "-m", "envserver", "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "without --token" in r.stderr
+def test_refuses_to_serve_without_a_token_even_on_loopback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FORAGER_ENVSERVER_TOKEN"}
+    for host in ("127.0.0.1", "0.0.0.0"):
+        r = subprocess.run([sys.executable, "-m", "envserver", "--host", host, "--port", "1", "--json"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2 and "a token is required" in json.loads(r.stdout)["error"]
+    short = subprocess.run([sys.executable, "-m", "envserver", "--host", "0.0.0.0", "--port", "1", "--token", "abc"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert short.returncode == 2 and "under 16 characters" in short.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text("x" * 40 + "\n")
+    missing = subprocess.run([sys.executable, "-m", "envserver", "--token-file", str(tmp_path / "nope"), "--json"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert missing.returncode == 2 and "nope" in json.loads(missing.stdout)["error"]
 
 
 def test_unreachable_server_is_a_typed_error():
@@ -161,7 +174,7 @@ def test_pool_size_warms_every_image_once_it_is_requested(docker_client, envtest
             warm = {ct["Id"] for ct in containers_of(docker_client, server.server_id)} - {first.container_id}
             second = c.create_env(envtest_image, ttl=60)
             assert second.container_id in warm
-            metrics = httpx.get(server.url + "/metrics").text
+            metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {server.token}"}).text
             assert 'source="cold"} 1.0' in metrics and 'source="pool"} 1.0' in metrics
     finally:
         stop_envserver(server)

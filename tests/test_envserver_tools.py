@@ -137,10 +137,12 @@ def test_typed_errors(client, envserver, envtest_image, docker_client):
         client.create_env(envtest_image, ttl=1)  # below the minimum
     import httpx
 
-    bad = httpx.post(envserver.url + "/envs/whatever/shell", json={"command": 5})
+    auth = {"Authorization": f"Bearer {envserver.token}"}
+    bad = httpx.post(envserver.url + "/envs/whatever/shell", json={"command": 5}, headers=auth)
     assert bad.status_code == 422 and bad.json() == {"error": "bad_request", "message": bad.json()["message"]}
     assert "command" in bad.json()["message"]
-    sneaky = httpx.post(envserver.url + "/envs", json={"image": envtest_image, "privileged": True, "binds": ["/:/host"]})
+    sneaky = httpx.post(envserver.url + "/envs", json={"image": envtest_image, "privileged": True, "binds": ["/:/host"]},
+                        headers=auth)
     assert sneaky.status_code == 422 and "binds, privileged" in sneaky.json()["message"]
     doomed = client.create_env(envtest_image, ttl=600)
     docker_client.containers.get(doomed.container_id).kill()
@@ -159,7 +161,7 @@ def test_openapi_and_metrics(client, envserver, env):
     spec = httpx.get(envserver.url + "/openapi.json").json()
     assert {"/envs", "/envs/{env_id}/shell", "/envs/{env_id}/submit", "/tools", "/healthz"} <= set(spec["paths"])
     assert httpx.get(envserver.url + "/docs").status_code == 200
-    metrics = httpx.get(envserver.url + "/metrics").text
+    metrics = httpx.get(envserver.url + "/metrics", headers={"Authorization": f"Bearer {envserver.token}"}).text
     assert 'forager_step_seconds_count{tool="shell"}' in metrics and "forager_envs_live" in metrics
     assert 'forager_errors_total{error="unknown_env"}' in metrics
 

@@ -43,13 +43,19 @@ def envs_of_jobs(client, job_ids: set[str]) -> list:
     return [e for e in client.list_envs() if e.labels.get("forager.job") in job_ids]
 
 
+def env_containers(docker_client, server_id: str) -> set[str]:
+    """The server's env containers (its warm grading containers are a pool, kept on purpose)."""
+    return {c["Id"] for c in containers_of(docker_client, server_id) if c["Labels"].get("forager.kind") != "grader"}
+
+
 def test_thirty_episodes_three_workers_one_sigkilled(synthesized, envserver, docker_client, fleet, tmp_path):
     tasks = synthesized.tasks[:6]
     attempts = 30 // len(tasks)
     assert len(tasks) * attempts == 30, f"synthesis gave {len(synthesized.tasks)} tasks"
     tasks_file = write_tasks(tasks, tmp_path / "tasks.jsonl")
-    env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=envserver.url)
-    containers_before = {c["Id"] for c in containers_of(docker_client, envserver.server_id)}
+    env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=envserver.url,
+                   FORAGER_ENVSERVER_TOKEN=envserver.token)
+    containers_before = env_containers(docker_client, envserver.server_id)
 
     first = run_cli(env, "collect", str(tasks_file), *ORACLE_FAST, "--attempts", str(attempts), "--json")
     assert first.returncode == 0, first.stderr
@@ -93,7 +99,7 @@ def test_thirty_episodes_three_workers_one_sigkilled(synthesized, envserver, doc
     events = [e["event"] for e in read_job_log(killed_job, Settings(home=fleet["home"]))]
     assert events.count("start") == 2 and events[-1] == "done"
     assert "leftovers_removed" in events
-    assert {c["Id"] for c in containers_of(docker_client, envserver.server_id)} <= containers_before  # none leaked
+    assert env_containers(docker_client, envserver.server_id) <= containers_before  # no env leaked
 
     # collecting again once everything is stored adds nothing
     third = json.loads(run_cli(env, "collect", str(tasks_file), *ORACLE_FAST, "--attempts", str(attempts),
@@ -107,6 +113,7 @@ def test_env_server_down_mid_run_jobs_retry_and_complete(synthesized, docker_cli
     server_home.mkdir()
     server = start_envserver(home=server_home)
     env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=server.url,
+                    FORAGER_ENVSERVER_TOKEN=server.token,
                     FORAGER_RETRY_INTERVALS="2,3,3,3,3,3,3,3")
     out = run_cli(env, "collect", str(write_tasks(tasks, tmp_path / "tasks.jsonl")), *ORACLE_FAST, "--json")
     assert out.returncode == 0, out.stderr
@@ -144,7 +151,8 @@ def test_a_plain_rq_worker_runs_episode_jobs(synthesized, envserver, fleet, tmp_
     import sys
 
     task = synthesized.tasks[0]
-    env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=envserver.url)
+    env = fleet_env(fleet["redis_url"], fleet["home"], fleet["queue"], FORAGER_ENVSERVER_URL=envserver.url,
+                   FORAGER_ENVSERVER_TOKEN=envserver.token)
     out = run_cli(env, "collect", str(write_tasks([task], tmp_path / "tasks.jsonl")), *ORACLE_FAST, "--json")
     assert json.loads(out.stdout)["outcome"] == {"enqueued": 1}
     rq = [sys.executable, "-c", "from rq.cli import main; main()"]

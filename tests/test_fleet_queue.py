@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import urllib.request
@@ -137,11 +136,11 @@ def test_sigkilled_worker_job_runs_again_exactly_once(redis_url, conn, queue_nam
 
 
 def test_redis_restart_with_append_only_loses_no_queued_job(tmp_path, forager_home):
-    exe = shutil.which("redis-server")
+    from agent.services import redis_command
+
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "yes",
-           "--save", ""]
+    url = f"redis://:pw-{port}@127.0.0.1:{port}/0"
+    cmd = redis_command(port, tmp_path, f"pw-{port}")  # Forager's own way to run it: password, append-only
 
     def start():
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

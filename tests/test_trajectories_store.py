@@ -1,7 +1,6 @@
 """Trajectory store, exports and dedupe on real files (no Docker)."""
 
 import json
-import os
 import time
 
 import pytest

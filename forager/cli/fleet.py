@@ -15,7 +15,7 @@ from agent.jobs import EpisodeSpec, collection_name, enqueue_episodes
 from agent.queue import connect
 from agent.status import collection_status, fleet_status, list_collections, queue_counts
 from agent.worker import Pool
-from forager.config import Settings
+from forager.config import Settings, masked
 from forager.episodes.policies import POLICY_NAMES, OpenAIConfig, OracleConfig, policy_config
 from forager.errors import PoolError, UsageError
 from forager.cli.ui import console, fail, print_json, progress, watch
@@ -29,8 +29,8 @@ def redis_conn(settings: Settings, json_out: bool):
     try:
         conn.ping()
     except redis.RedisError as exc:
-        fail(f"cannot reach Redis at {settings.redis_url} ({exc}); start it (`forager setup`) or set FORAGER_REDIS_URL",
-             json_out)
+        fail(f"cannot reach Redis at {masked(settings.redis_url)} ({exc}); start it (`forager setup`) or set "
+             "FORAGER_REDIS_URL", json_out)
     return conn
 
 
@@ -190,7 +190,7 @@ def status(
         print_json(st)
         return
     j = st["jobs"]
-    console.print(f"queue [bold]{st['queue']}[/] at {settings.redis_url}: " + "  ".join(f"{k} {v}" for k, v in j.items()))
+    console.print(f"queue [bold]{st['queue']}[/] at {masked(settings.redis_url)}: " + "  ".join(f"{k} {v}" for k, v in j.items()))
     console.print(f"workers: {len(st['workers'])} ("
                   + ", ".join(f"{w['name']}={w['state']}" for w in st["workers"][:8])
                   + (" ..." if len(st["workers"]) > 8 else "") + ")")

@@ -14,7 +14,10 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from agent.services import redis_command, redis_reachable
-from forager.config import Settings, base_image_tag
+from forager.cli import quota
+from forager.config import (
+    ENVSERVER_TOKEN_FILE, REDIS_PASSWORD_FILE, Settings, base_image_tag, ensure_secret, local_redis_url, masked,
+)
 from forager.errors import SetupError
 from images.base import PartState, base_image_state, docker_client, ensure_base_image, image_exists
 
@@ -105,10 +108,16 @@ def _start_dockerd(settings: Settings, log: Log) -> None:
     if not _wait(docker_ping, 5):
         logfile = settings.logs_dir / "dockerd.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        log(f"starting dockerd (log: {logfile})")
+        cmd = ["dockerd"]
+        try:  # envs get disk quotas only where the storage driver has them (quota.py)
+            cmd += ["--data-root", str(quota.btrfs_data_root(lambda pkgs: apt_install(pkgs, log), log)),
+                    "--storage-driver", quota.STORAGE_DRIVER]
+        except SetupError as exc:
+            log(f"no disk quotas for envs on this machine ({exc}); starting Docker on its default data root")
+        log(f"starting {' '.join(cmd)} (log: {logfile})")
         with open(logfile, "ab") as fh:
             # Its own session so it outlives this process (and the CI step that ran setup).
-            subprocess.Popen(["dockerd"], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     if not _wait(docker_ping, 60):
         raise SetupError(f"dockerd did not answer within 60 s; see {settings.logs_dir / 'dockerd.log'}")
 
@@ -131,33 +140,61 @@ def _wait(check: Callable[[], bool], seconds: float) -> bool:
 
 
 def ensure_redis(settings: Settings, log: Log) -> PartState:
+    """Redis on this host, append-only, with the password in $FORAGER_HOME (made here) that every client uses."""
     import redis
 
-    url = settings.redis_url
+    url, explicit = settings.redis_url, bool(os.environ.get("FORAGER_REDIS_URL"))
     parsed = urlparse(url)
+    if explicit and redis_reachable(url):  # the operator's Redis: its persistence and auth are theirs
+        return PartState(name="redis", ok=True, detail=f"running at {masked(url)}")
+    if explicit:
+        raise SetupError(f"Redis at {masked(url)} (FORAGER_REDIS_URL) does not answer: start it there")
+    password = ensure_secret(settings.home / REDIS_PASSWORD_FILE)
+    url = local_redis_url(settings.home, parsed.port or 6379)
     if redis_reachable(url):
-        client = redis.Redis.from_url(url)
-        changed = False
-        try:
-            if client.config_get("appendonly").get("appendonly") != "yes":
-                client.config_set("appendonly", "yes")  # queued jobs must survive a restart
-                changed = True
-        except redis.ResponseError:
-            pass  # managed Redis without CONFIG: its persistence is the operator's business
-        return PartState(name="redis", ok=True, detail=f"running at {url} (append-only)", changed=changed)
-    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise SetupError(f"Redis at {url} does not answer; it is not on this machine, so start it there")
+        return PartState(name="redis", ok=True, detail=f"running at {masked(url)} (password, append-only)")
+    plain = f"redis://127.0.0.1:{parsed.port or 6379}/0"
+    if redis_reachable(plain):  # ours from before passwords: lock it now
+        client = redis.Redis.from_url(plain)
+        client.config_set("requirepass", password)
+        redis.Redis.from_url(url).config_set("appendonly", "yes")
+        log(f"Redis at {masked(plain)} had no password: set the one in {settings.home / REDIS_PASSWORD_FILE}")
+        return PartState(name="redis", ok=True, detail=f"running at {masked(url)} (password set now)", changed=True)
     if not shutil.which("redis-server"):
         apt_install(["redis-server"], log)
     if redis_reachable(url):
-        return PartState(name="redis", ok=True, detail=f"installed, running at {url}", changed=True)
+        return PartState(name="redis", ok=True, detail=f"installed, running at {masked(url)}", changed=True)
+    if redis_reachable(plain):  # the package's service started one without a password
+        redis.Redis.from_url(plain).config_set("requirepass", password)
+        return PartState(name="redis", ok=True, detail=f"installed, running at {masked(url)} (password set)", changed=True)
     data = settings.home / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log(f"starting redis-server on port {parsed.port or 6379} (data: {data})")
-    subprocess.run(redis_command(parsed.port or 6379, data, daemonize=True), check=True)
+    subprocess.run(redis_command(parsed.port or 6379, data, password, daemonize=True), check=True)
     if not _wait(lambda: redis_reachable(url), 20):
         raise SetupError(f"redis-server did not answer; see {data / 'redis.log'}")
-    return PartState(name="redis", ok=True, detail=f"started at {url} (append-only, data in {data})", changed=True)
+    return PartState(name="redis", ok=True, detail=f"started at {masked(url)} (password, append-only, data in {data})",
+                     changed=True)
+
+
+def ensure_envserver_token(settings: Settings) -> PartState:
+    path = settings.home / ENVSERVER_TOKEN_FILE
+    existed = path.exists()
+    ensure_secret(path)
+    return PartState(name="envserver_token", ok=True, detail=f"{path} (clients and `forager serve` use it)",
+                     changed=not existed)
+
+
+def disk_quota_state() -> PartState:
+    """Whether envs get a disk quota here (informational: envs run without one where Docker cannot)."""
+    from envserver.sandbox import default_backend
+
+    info = docker_client().info()
+    where = f"{info.get('DockerRootDir')} ({info.get('Driver')})"
+    detail = (f"envs get disk quotas: Docker's data root {where} limits each container" if default_backend().quota_support()
+              else f"unavailable: Docker's data root {where} cannot limit a container's disk, so an env can fill the "
+                   "host's disk (stop Docker, then `forager setup` starts it on a btrfs data root)")
+    return PartState(name="disk_quota", ok=True, detail=detail)
 
 
 # ---------------------------------------------------------------- entry points
@@ -170,10 +207,11 @@ def check(settings: Settings) -> list[PartState]:
         PartState(name="docker_installed", ok=bool(shutil.which("dockerd")), detail=shutil.which("dockerd") or "dockerd not found (package docker.io)"),
         PartState(name="docker", ok=docker_ping(), detail="engine running" if docker_ping() else "engine not answering"),
         PartState(name="redis_installed", ok=bool(shutil.which("redis-server")), detail=shutil.which("redis-server") or "redis-server not found (package redis-server)"),
-        PartState(name="redis", ok=redis_reachable(settings.redis_url), detail=settings.redis_url),
+        PartState(name="redis", ok=redis_reachable(settings.redis_url), detail=masked(settings.redis_url)),
     ]
     if parts[2].ok:
         parts.append(base_image_state(docker_client()))
+        parts.append(disk_quota_state())
     else:
         parts.append(PartState(name="base_image", ok=False, detail="unknown: Docker engine not running"))
     return parts
@@ -182,12 +220,13 @@ def check(settings: Settings) -> list[PartState]:
 def setup(settings: Settings, log: Log = print) -> list[PartState]:
     """Install and start what is missing; idempotent."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    states = [ensure_docker(settings, log), ensure_redis(settings, log)]
+    states = [ensure_docker(settings, log), ensure_redis(settings, log), ensure_envserver_token(settings)]
     client = docker_client()
     existed = image_exists(client, base_image_tag())
     tag = ensure_base_image(client, log=log, install=lambda packages: apt_install(packages, log))
     state = base_image_state(client)
     state.changed = not existed
     states.append(state)
+    states.append(disk_quota_state())
     log(f"base image ready: {tag}")
     return states

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from forager.config import ENVSERVER_TOKEN_FILE, Settings, ensure_secret
+
 app = typer.Typer()
 
 
@@ -16,8 +18,9 @@ app = typer.Typer()
 def serve(
     host: str = typer.Option("127.0.0.1", help="bind address; anything but loopback needs --token"),
     port: int = typer.Option(8765),
-    token: str | None = typer.Option(
-        None, help="bearer token clients must send (default: $FORAGER_ENVSERVER_TOKEN)", show_default=False
+    token_file: Path | None = typer.Option(
+        None, help="file holding the bearer token clients must send (default: $FORAGER_ENVSERVER_TOKEN, else "
+        "$FORAGER_HOME/envserver.token, made if missing)", show_default=False,
     ),
     server_id: str | None = typer.Option(None, help="labels our containers; keep it stable across restarts"),
     allow: list[str] = typer.Option([], "--allow", help="allowed image tag or glob (repeatable), e.g. 'forager/*'"),
@@ -29,9 +32,13 @@ def serve(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout once serving"),
 ) -> None:
     """Serve environments over HTTP: one container per env, shell/edit/create/submit, warm pool, reaper."""
+    settings = Settings.from_env()
+    if token_file is None and not os.environ.get("FORAGER_ENVSERVER_TOKEN"):
+        token_file = settings.home / ENVSERVER_TOKEN_FILE
+        ensure_secret(token_file)  # the server always requires a token; clients on this host read the same file
     argv = ["--host", host, "--port", str(port), "--reaper-interval", str(reaper_interval),
             "--max-timeout", str(max_timeout), "--pool-size", str(pool_size)]
-    for flag, value in (("--token", token), ("--server-id", server_id), ("--catalog", catalog)):
+    for flag, value in (("--token-file", token_file), ("--server-id", server_id), ("--catalog", catalog)):
         if value:
             argv += [flag, str(value)]
     for pattern in allow:
