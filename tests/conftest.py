@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures_images",
     "tests.fixtures_tasks",
     "tests.fixtures_loop",
+    "tests.fixtures_grading",
     "tests.fixtures_viewer",
 ]
 

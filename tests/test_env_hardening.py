@@ -12,30 +12,24 @@ from pathlib import Path
 import pytest
 
 from envserver.errors import BadRequest
-from envserver.models import GradingSpec, Limits
+from envserver.models import Limits
 from forager.episodes.loop import run_episode
 from forager.models import Action, PolicyInfo, Task
 from forager.episodes.policies import Decision
+from tests.fixtures_grading import CALC_SPEC
 from tests.test_envserver_grading import ADD, MUTATION, SUB
 
-SPEC = GradingSpec(test_command="python -m pytest -q tests", test_files=["tests/test_calc.py"],
-                   fail_to_pass=[ADD], pass_to_pass=[SUB], timeout=120)
-
-
-@pytest.fixture(scope="module")
-def client(envserver):
-    with envserver.client() as c:
-        yield c
+SPEC = CALC_SPEC
 
 
 @pytest.fixture
-def env(client, envtest_image):
-    info = client.create_env(envtest_image, ttl=600, setup_patch=MUTATION, grading=SPEC)
-    yield info
-    try:
-        client.delete_env(info.id)
-    except Exception:
-        pass
+def client(env_client):
+    return env_client
+
+
+@pytest.fixture
+def env(calc_env):
+    return calc_env
 
 
 def rss_kb(pid: int) -> int:

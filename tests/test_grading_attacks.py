@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from envserver.models import GradingSpec
-from tests.test_envserver_grading import ADD, MUTATION, SUB
+from tests.fixtures_grading import CALC_SPEC
+from tests.test_envserver_grading import ADD, SUB
 
-SPEC = GradingSpec(test_command="python -m pytest -q tests", test_files=["tests/test_calc.py"],
-                   fail_to_pass=[ADD], pass_to_pass=[SUB], timeout=120)
+SPEC = CALC_SPEC
 
 # A conftest hook that reports every failed test as passed (the attack the issue found working).
 FLIP_HOOK = '''import pytest
@@ -31,17 +30,14 @@ def pytest_runtest_makereport(item, call):
 FAKE_TEST = "from calc import add, sub\n\n\ndef test_add():\n    assert add(2, 3) == -1\n\n\ndef test_sub():\n    assert sub(5, 3) == 2\n"
 
 
-@pytest.fixture(scope="module")
-def client(envserver):
-    with envserver.client() as c:
-        yield c
+@pytest.fixture
+def client(env_client):
+    return env_client
 
 
 @pytest.fixture
-def env(client, envtest_image):
-    info = client.create_env(envtest_image, ttl=600, setup_patch=MUTATION, grading=SPEC)
-    yield info
-    client.delete_env(info.id)
+def env(calc_env):
+    return calc_env
 
 
 def sh(client, env, command: str) -> str:
