@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures_grading import CALC_SPEC
 from tests.test_envserver_grading import ADD, SUB
 
-SPEC = CALC_SPEC
 
 # A conftest hook that reports every failed test as passed (the attack the issue found working).
 FLIP_HOOK = '''import pytest
