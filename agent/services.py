@@ -50,7 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -174,7 +174,7 @@ class LocalServices:
         if parsed.hostname not in LOOPBACK or not exe:
             raise ServiceError(f"Redis at {masked(url)} is unreachable (start it with `forager setup`, or set FORAGER_REDIS_URL)")
         port = parsed.port or 6379
-        if not _port_free(port):
+        if not port_free(port):
             raise ServiceError(f"Redis at {masked(url)} does not answer, and its port is taken by something else")
         data = self.settings.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,7 @@ class LocalServices:
         if parsed.hostname not in LOOPBACK:
             raise ServiceError(f"the env server at {url} is unreachable (FORAGER_ENVSERVER_URL)")
         port = parsed.port or 8765
-        if not _port_free(port):
+        if not port_free(port):
             port = _free_port()
         url = f"http://127.0.0.1:{port}"
         if not self.settings.envserver_token:  # the server always requires one: make this host's

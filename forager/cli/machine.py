@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from agent.services import redis_command, redis_reachable
+from agent.services import port_free, redis_command, redis_reachable
 from forager.cli import quota
 from forager.config import (
     ENVSERVER_TOKEN_FILE, REDIS_PASSWORD_FILE, Settings, base_image_tag, ensure_secret, local_redis_url, masked,
@@ -167,6 +167,10 @@ def ensure_redis(settings: Settings, log: Log) -> PartState:
     if redis_reachable(plain):  # the package's service started one without a password
         redis.Redis.from_url(plain).config_set("requirepass", password)
         return PartState(name="redis", ok=True, detail=f"installed, running at {masked(url)} (password set)", changed=True)
+    if not port_free(parsed.port or 6379):
+        raise SetupError(f"a Redis on 127.0.0.1:{parsed.port or 6379} asks for a password this home does not hold "
+                         f"({settings.home / REDIS_PASSWORD_FILE}): use the FORAGER_HOME that set it up, or set "
+                         "FORAGER_REDIS_URL to redis://:PASSWORD@127.0.0.1:PORT/0")
     data = settings.home / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log(f"starting redis-server on port {parsed.port or 6379} (data: {data})")
