@@ -15,8 +15,7 @@ disk quota where the storage driver supports one (overlay2 on XFS with project q
 from __future__ import annotations
 
 import functools
-import secrets
-import shlex
+import select
 import socket
 import tarfile
 import threading
@@ -39,7 +38,6 @@ LIFELINE_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while read -r _; do :; don
 # Docker's default set minus what an env never needs (mknod, raw sockets, file capabilities, chroot,
 # audit): root in an env can still install packages, chown files and kill its own processes.
 KEEP_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
-RUN_DIR = "/.forager-run"  # detached runs' output files; outside /tmp, which a test may wipe
 OUTPUT_CAP = 1 << 20  # bytes of a detached run's output kept (head and tail) by default
 KILLED = 137  # 128 + SIGKILL: what `timeout -s KILL` (and the OOM killer) leave as exit status
 
@@ -61,6 +59,29 @@ def _docker_errors(fn):
             raise DockerUnavailable(f"Docker is unavailable: {exc}") from exc
 
     return wrapper
+
+
+class CappedOutput:
+    """Bytes of a run's output: all of them up to `cap`; past that, the first half and the last half."""
+
+    def __init__(self, cap: int):
+        self.cap, self.head, self.tail, self.dropped = cap, bytearray(), bytearray(), 0
+
+    def add(self, data: bytes) -> None:
+        room = self.cap // 2 - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        extra = len(self.tail) - (self.cap - self.cap // 2)
+        if extra > 0:
+            del self.tail[:extra]
+            self.dropped += extra
+
+    def bytes(self) -> bytes:
+        if not self.dropped:
+            return bytes(self.head + self.tail)
+        return bytes(self.head) + f"\n[... {self.dropped} bytes of output omitted ...]\n".encode() + bytes(self.tail)
 
 
 @dataclass
@@ -284,14 +305,17 @@ class Backend:
 
     @_docker_errors
     def exec_exit_code(self, exec_id: str) -> int | None:
-        for _ in range(40):  # the stream can close a moment before the daemon records the exit
+        pause, waited = 0.002, 0.0
+        while waited < 2.0:  # the stream can close a moment before the daemon records the exit
             try:
                 info = self.api.exec_inspect(exec_id)
             except docker.errors.NotFound:
                 return None
             if not info.get("Running"):
                 return info.get("ExitCode")
-            time.sleep(0.05)
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.05)
         return None
 
     @_docker_errors
@@ -299,71 +323,69 @@ class Backend:
         self, container_id: str, script: str, timeout: float, user: str | None = None,
         workdir: str | None = None, env: dict[str, str] | None = None, cap: int = OUTPUT_CAP,
     ) -> RunResult:
-        """Run a bash script in its own detached exec with a hard deadline; output through a file.
+        """Run a bash script in its own exec with a hard deadline and capped output.
 
-        The script's output goes to a file, never to the exec's stream, so nothing it leaves running
-        (a `setsid` daemon holding stdout) can make this call wait: we poll the exec's state until it
-        ends or its deadline passes. At the deadline `timeout` kills the script's process group, and if
-        the exec is somehow still alive a second later, everything but pid 1 is killed. Output past `cap`
-        bytes keeps its head and tail around a marker.
+        The output is read from the exec's stream with our own deadline, never by waiting for the stream
+        to end: a process the script leaves running (a `setsid` daemon holding stdout) keeps the stream
+        open, so whenever it goes quiet we ask Docker whether the exec itself has ended, and stop reading
+        once it has. `timeout` kills the script's process group at the deadline; if the exec is somehow
+        still alive a moment later, everything but pid 1 is killed. Output past `cap` bytes keeps its
+        head and tail around a marker.
         """
-        token = secrets.token_hex(6)
-        out = f"{RUN_DIR}/{token}.out"
         seconds = max(1, int(timeout + 0.999))
-        wrapper = (f"mkdir -p {RUN_DIR} && rm -f {RUN_DIR}/*.out; exec >{out} 2>&1 </dev/null; "
-                   f"exec timeout -s KILL {seconds} bash -c {shlex.quote(script)}")
         started = time.monotonic()
         try:
-            exec_id = self.api.exec_create(container_id, ["bash", "-c", wrapper], stdout=False, stderr=False,
-                                           user=user or "", workdir=workdir, environment=env)["Id"]
-            self.api.exec_start(exec_id, detach=True)
+            exec_id = self.api.exec_create(
+                container_id, ["timeout", "-s", "KILL", str(seconds), "bash", "-c", script], stdin=False,
+                stdout=True, stderr=True, user=user or "", workdir=workdir, environment=env)["Id"]
+            sock = self.api.exec_start(exec_id, socket=True)
         except docker.errors.NotFound as exc:
             raise EnvGone(f"container {container_id[:12]} is gone") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 raise EnvGone(f"container {container_id[:12]} is not running") from exc
             raise
-        code, killed = self._wait_exec(container_id, exec_id, seconds + 1.0)
+        out = CappedOutput(cap)
+        killed = False
+        try:
+            killed = self._read_stream(container_id, exec_id, getattr(sock, "_sock", sock), out, seconds + 2.0)
+        finally:
+            for closer in (getattr(sock, "_response", None), sock, getattr(sock, "_sock", None)):
+                try:  # the whole connection: a half-read stream must never go back to the pool
+                    closer.close()
+                except Exception:
+                    pass
+        code = self.exec_exit_code(exec_id)
         elapsed = time.monotonic() - started
         timed_out = killed or (code == KILLED and elapsed >= seconds - 0.05)
-        try:
-            output, truncated = self._read_capped(container_id, out, cap)
-        except (docker.errors.NotFound, FileNotFoundError):
-            output, truncated = b"", False
-        return RunResult(None if timed_out else code, output, timed_out, truncated, elapsed)
+        return RunResult(None if timed_out else code, out.bytes(), timed_out, out.dropped > 0, elapsed)
 
-    def _wait_exec(self, container_id: str, exec_id: str, deadline: float) -> tuple[int | None, bool]:
-        started, pause, killed = time.monotonic(), 0.004, False
+    def _read_stream(self, container_id: str, exec_id: str, raw: socket.socket, out: "CappedOutput",
+                     deadline: float) -> bool:
+        """Read Docker's multiplexed frames until the stream ends or the exec has ended; True if we had to
+        kill everything because `timeout` did not end it in time."""
+        started, pending = time.monotonic(), b""
         while True:
-            try:
-                info = self.api.exec_inspect(exec_id)
-            except docker.errors.NotFound as exc:
-                raise EnvGone(f"container {container_id[:12]} is gone") from exc
-            if not info.get("Running"):
-                return info.get("ExitCode"), killed
-            if not self.is_running(container_id):
-                raise EnvGone(f"container {container_id[:12]} stopped during a command")
-            if not killed and time.monotonic() - started > deadline:
-                # `timeout` itself was killed or stopped: take everything down but pid 1
-                kill = self.api.exec_create(container_id, ["bash", "-c", "kill -9 -1"], user="root")["Id"]
-                self.api.exec_start(kill)
-                killed = True
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+            left = deadline - (time.monotonic() - started)
+            if left <= 0:
+                if not self.api.exec_inspect(exec_id).get("Running"):
+                    return False
+                kill = self.api.exec_create(container_id, ["kill", "-9", "-1"], user="root")["Id"]
+                self.api.exec_start(kill)  # `timeout` itself was stopped or killed: all but pid 1 go
+                return True
+            ready, _, _ = select.select([raw], [], [], min(0.25, left))
+            if ready:
+                data = raw.recv(1 << 16)
+                if not data:
+                    return False
+                pending += data
+                while len(pending) >= 8 and len(pending) >= 8 + int.from_bytes(pending[4:8], "big"):
+                    size = int.from_bytes(pending[4:8], "big")
+                    out.add(pending[8:8 + size])
+                    pending = pending[8 + size:]
+            elif not self.api.exec_inspect(exec_id).get("Running"):
+                return False  # the script ended; something it started still holds the stream
 
-    def _read_capped(self, container_id: str, path: str, cap: int) -> tuple[bytes, bool]:
-        st = self.stat(container_id, path)
-        if st is None:
-            raise FileNotFoundError(path)
-        if st.size <= cap:
-            return self.read_file(container_id, path)[0], False
-        half = cap // 2
-        cut = f"{path}.cut"
-        marker = f"\n[... {st.size - 2 * half} bytes of output omitted ...]\n"
-        script = f"{{ head -c {half} {path}; printf %s {shlex.quote(marker)}; tail -c {half} {path}; }} > {cut}"
-        exec_id = self.api.exec_create(container_id, ["bash", "-c", script], user="root")["Id"]
-        self.api.exec_start(exec_id)
-        return self.read_file(container_id, cut)[0], True
 
     # ------------------------------------------------------------------ files (archive.py does the tar work)
 
