@@ -25,7 +25,7 @@ from rq import get_current_job
 
 from agent.joblog import JobLog
 from agent.queue import JobSpec, enqueue_many, episode_job_id, slug
-from agent.status import record_result
+from agent.status import RESULTS_KEY, record_result
 from envserver.client import EnvClient
 from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized, UnknownEnv
 from forager.config import Settings
@@ -88,8 +88,11 @@ def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSp
 
     outcome: dict[str, str] = {}
     for i in range(0, len(specs), 200):  # batches, so the caller's bar moves
-        outcome.update(enqueue_many(specs[i:i + 200], conn=conn, queue_name=settings.queue,
-                                    collection=collection, done=done))
+        batch = enqueue_many(specs[i:i + 200], conn=conn, queue_name=settings.queue, collection=collection, done=done)
+        rerun = [job_id for job_id, state in batch.items() if state == "enqueued"]
+        if rerun:  # a result an earlier run (another FORAGER_HOME on this Redis) recorded is not this run's
+            conn.hdel(RESULTS_KEY, *rerun)
+        outcome.update(batch)
         if on_progress:
             on_progress(len(outcome), f"{sum(v == 'enqueued' for v in outcome.values())} new")
     return outcome
