@@ -21,7 +21,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -30,6 +29,7 @@ import requests
 from envserver import archive
 from envserver.archive import FileStat  # noqa: F401  (the stat() return type, named here for callers)
 from envserver.errors import BadRequest, DockerUnavailable, EnvGone
+from envserver.output import KILLED, OUTPUT_CAP, CappedOutput, RunResult
 
 # pid 1 of an env: ignores every catchable signal, reaps orphans, outlives `kill -9 -1`.
 ENV_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while :; do sleep 86400 & wait $!; done'
@@ -38,8 +38,6 @@ LIFELINE_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while read -r _; do :; don
 # Docker's default set minus what an env never needs (mknod, raw sockets, file capabilities, chroot,
 # audit): root in an env can still install packages, chown files and kill its own processes.
 KEEP_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
-OUTPUT_CAP = 1 << 20  # bytes of a detached run's output kept (head and tail) by default
-KILLED = 137  # 128 + SIGKILL: what `timeout -s KILL` (and the OOM killer) leave as exit status
 
 
 def _docker_errors(fn):
@@ -59,44 +57,6 @@ def _docker_errors(fn):
             raise DockerUnavailable(f"Docker is unavailable: {exc}") from exc
 
     return wrapper
-
-
-class CappedOutput:
-    """Bytes of a run's output: all of them up to `cap`; past that, the first half and the last half."""
-
-    def __init__(self, cap: int):
-        self.cap, self.head, self.tail, self.dropped = cap, bytearray(), bytearray(), 0
-
-    def add(self, data: bytes) -> None:
-        room = self.cap // 2 - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        self.tail += data
-        extra = len(self.tail) - (self.cap - self.cap // 2)
-        if extra > 0:
-            del self.tail[:extra]
-            self.dropped += extra
-
-    def bytes(self) -> bytes:
-        if not self.dropped:
-            return bytes(self.head + self.tail)
-        return bytes(self.head) + f"\n[... {self.dropped} bytes of output omitted ...]\n".encode() + bytes(self.tail)
-
-
-@dataclass
-class RunResult:
-    """A detached run: exit code (None when killed at its deadline), merged output (head and tail kept)."""
-
-    exit_code: int | None
-    output: bytes
-    timed_out: bool = False
-    truncated: bool = False
-    seconds: float = 0.0
-
-    @property
-    def text(self) -> str:
-        return self.output.decode(errors="replace")
 
 
 class Backend:

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from envserver.archive import tar_bytes
-from envserver.docker_backend import OUTPUT_CAP, Backend, RunResult
+from envserver.docker_backend import Backend
+from envserver.output import OUTPUT_CAP, RunResult
 
 __all__ = ["Backend", "DockerSandbox", "RunResult", "Sandbox", "TestRun", "default_backend", "run_pytest"]
 
