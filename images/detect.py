@@ -17,7 +17,7 @@ from images.dependencies import requirements as distil_requirements
 from images.manifests import Manifests
 from images.python_version import rank_pythons
 from images.test_command import test_command as choose_test_command
-from images.toolchain import detect_toolchain, rust_ok
+from images.toolchain import detect_toolchain, rust_ok, rust_version_of
 
 __all__ = ["Detection", "DetectError", "detect"]
 # Editable installs of setuptools_scm/hatch-vcs projects need a version when neither git metadata
@@ -58,9 +58,11 @@ def detect(root: Path, spec: RepoSpec, available: list[str], commit_date: float 
         if fits and fits[0] != python:
             notes.append(f"python: {fits[0]} instead of {python}: {rust_ok(python, tc.rust_version)}")
         python = fits[0] if fits else python
+        newest = max(ranked, key=lambda v: rust_version_of(v))
         problem = None if fits else (
-            f"Rust extension: {rust_ok(python, tc.rust_version)}, and no compatible Python's Debian release has a newer one "
-            "(rustup's toolchains cannot be fetched from this network)")
+            f"Rust extension: the crate needs rustc {tc.rust_version or 'new enough'}, and the newest Debian rustc among the "
+            f"Pythons it supports is {'.'.join(map(str, rust_version_of(newest)))} (Python {newest}): {rust_ok(newest, tc.rust_version)}; "
+            "rustup's toolchains cannot be fetched from this network")
     install_env: dict[str, str] = {}
     if spec.install is not None:
         install = list(spec.install)

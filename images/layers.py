@@ -104,7 +104,9 @@ def deps_dockerfile(recipe: DepsRecipe, key: str) -> str:
     labels = {BUILD_LABEL: "1", "forager.kind": "deps", "forager.deps_hash": key}
     if recipe.date:
         labels["forager.deps.date"] = recipe.date
-    lines = [f"FROM {base_image_tag(recipe.python)}", _label_line(labels)]
+    # The label goes last: the toolchain step above it is then the same instruction on the same parent for
+    # every project with the same packages, and Docker's build cache shares that layer between them.
+    lines = [f"FROM {base_image_tag(recipe.python)}"]
     strict = " ".join(shlex.quote(p) for p in recipe.system_packages)
     if recipe.toolchain or recipe.libraries:
         wanted = (TOOLCHAIN_PACKAGES + (RUST_PACKAGES if recipe.rust else [])) if recipe.toolchain else []
@@ -136,6 +138,7 @@ def deps_dockerfile(recipe: DepsRecipe, key: str) -> str:
         f" && {uv} pip install {' '.join(shlex.quote(f) for f in flags)}"
         " -r /opt/forager/build-requirements.txt -r /opt/forager/requirements.txt pip"
         " && rm -rf /tmp/forager-uv",
+        _label_line(labels),
     ]
     return "\n".join(lines) + "\n"
 

@@ -60,6 +60,15 @@ def tag_safe(name: str) -> str:
     return name or "repo"
 
 
+def local_name(path: Path) -> str:
+    """A local repository's short name: its folder's, or its parent's when the folder has a generic name
+    (`owner+name/repo`, `name/.git`); `owner+name` keeps the name."""
+    name = path.name
+    if name.lower() in ("repo", ".git", "git", "mirror") and path.parent.name:
+        name = path.parent.name
+    return tag_safe(name.split("+")[-1])
+
+
 def _split_ref(text: str) -> tuple[str, str | None]:
     # The ref is what follows the last '@' when that '@' is after the last '/' or ':' (so `git@host:x`
     # keeps its user part); a ref may therefore not contain '/'.
@@ -110,7 +119,7 @@ def parse_entry(entry: str, *, base_dir: Path | None = None, line: int | None = 
     if looks_local or candidate.exists():
         if not candidate.is_dir():
             raise ValueError(f"local path {path_part!r} is not a directory")
-        return RepoSpec(kind="local", location=str(candidate.resolve()), ref=ref, name=tag_safe(candidate.resolve().name), **common)
+        return RepoSpec(kind="local", location=str(candidate.resolve()), ref=ref, name=local_name(candidate.resolve()), **common)
 
     m = _GITHUB.match(path_part)
     if m:

@@ -130,6 +130,11 @@ def rust_ok(python: str, rust_version: str | None) -> str | None:
     return None
 
 
+def rust_version_of(python: str) -> tuple[int, ...]:
+    """Debian's rustc version in the release of this Python's base ((): none known)."""
+    return _version(DEBIAN_RUSTC.get(python_release(python) or "", ""))
+
+
 def packages_for_headers(log_text: str) -> list[str]:
     """Debian packages holding headers a failed build could not find."""
     missing = re.findall(r"fatal error: ([\w/.+-]+\.h): No such file or directory", log_text)

@@ -159,7 +159,7 @@ def test_overrides_win(tmp_path):
 def test_tree_without_packaging_is_not_installed(tmp_path):
     write(tmp_path, {"calc.py": "def f():\n    return 1\n", "test_calc.py": "from calc import f\n\ndef test_f():\n    assert f() == 1\n"})
     det = detect(tmp_path, spec(), AVAILABLE)
-    assert det.install == [] and det.requirements == ["pytest"]
+    assert det.install == [] and det.requirements == ["pytest", "pytest-timeout"]
     assert det.test_command == "python -m pytest --continue-on-collection-errors test_calc.py"
 
 
