@@ -11,6 +11,7 @@ resolution or install.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from docker.errors import BuildError
 
 from images import layers
 from images.detect import Detection
-from images.failures import classify, missing_compiler
+from images.failures import classify, missing_compiler, network_error
 from images.toolchain import packages_for_headers
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,7 +45,8 @@ def build_layers(client, name: str, commit: str, det: Detection, date: str | Non
         if not layers.image_exists(client, _deps_tag(name, det, recipe)) and layers.image_exists(client, _deps_tag(name, det, with_tc)):
             log("deps layer: a toolchain variant of this layer exists (an earlier build needed it): using it")
             recipe = with_tc
-    for attempt in range(3):
+    network_retried = False
+    for attempt in range(4):
         try:
             deps = _deps_layer(client, name, det, recipe, workspace, log, lock, force, no_cache)
             tag = _repo_layer(client, name, commit, det, deps, tree, workspace, labels, log, lock, force, no_cache)
@@ -52,10 +54,14 @@ def build_layers(client, name: str, commit: str, det: Detection, date: str | Non
         except _Failed as failed:
             text = failed.text
             extra = sorted(set(packages_for_headers(text)) - set(recipe.libraries))
-            if attempt < 2 and not recipe.toolchain and missing_compiler(text):
+            if not network_retried and network_error(text) and classify(text)[0] == "install":
+                network_retried = True
+                log(f"{failed.stage} layer failed on the network ({failed.summary[:200]}): one more try in 20 s")
+                time.sleep(20)
+            elif attempt < 3 and not recipe.toolchain and missing_compiler(text):
                 log(f"{failed.stage} layer failed for want of a compiler: retrying with the toolchain")
                 recipe = replace(recipe, toolchain=True, libraries=sorted(set(det.libraries)))
-            elif attempt < 2 and extra:
+            elif attempt < 3 and extra:
                 log(f"{failed.stage} layer failed on missing headers: retrying with {extra}")
                 recipe = replace(recipe, toolchain=True, libraries=sorted(set(recipe.libraries) | set(extra)))
             else:

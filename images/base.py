@@ -244,6 +244,40 @@ def _build_base(client, root: str, tag: str, log: Log) -> None:
             raise SetupError(f"building the base image failed: {exc}\n{build_log[-3000:]}") from exc
 
 
+def tools_image_tag(python: str, uv_version: str) -> str:
+    return f"forager/tools:py{python}-uv{uv_version}"
+
+
+TOOLS_DOCKERFILE = """\
+FROM {base}
+COPY uv /usr/local/bin/uv
+RUN uv --version
+LABEL forager.kind=tools forager.build=1
+"""
+
+
+def ensure_tools_image(client, python: str, uv_version: str, uv_binary: Path, log: Log = lambda _m: None) -> str:
+    """The base plus the host's uv binary: what dependency layers build FROM.
+
+    One image per (Python, uv version), made once: uv is not downloaded by every dependency layer (a 20 MB
+    wheel, and one more thing a flaky network can break), and the base image's recipe stays as it was.
+    """
+    tag = tools_image_tag(python, uv_version)
+    if image_exists(client, tag):
+        return tag
+    with tempfile.TemporaryDirectory(prefix="forager-tools-") as tmp:
+        ctx = Path(tmp)
+        shutil.copyfile(uv_binary, ctx / "uv")
+        (ctx / "uv").chmod(0o755)
+        (ctx / "Dockerfile").write_text(TOOLS_DOCKERFILE.format(base=base_image_tag(python)))
+        log(f"building {tag} (uv {uv_version} over {base_image_tag(python)})")
+        try:
+            client.images.build(path=str(ctx), tag=tag, network_mode="none", rm=True, forcerm=True)
+        except Exception as exc:
+            raise SetupError(f"building {tag} failed: {exc}") from exc
+    return tag
+
+
 def base_image_state(client, python: str = DEFAULT_PYTHON) -> PartState:
     tag = base_image_tag(python)
     name = "base_image" if python == DEFAULT_PYTHON else f"base_image_py{python}"

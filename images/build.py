@@ -90,21 +90,30 @@ def uv_version() -> str:
     try:
         return package_version("uv")
     except PackageNotFoundError:
-        return "0.9.5"
+        return "missing"
+
+
+def uv_binary() -> Path:
+    try:
+        from uv import find_uv_bin
+
+        return Path(find_uv_bin())
+    except (ImportError, FileNotFoundError) as exc:
+        raise SetupError("uv is not installed on this host (`pip install uv`): the dependency layer needs it") from exc
 
 
 def _ensure_base(client, python: str, opts: BuildOptions, log) -> None:
-    """Make the base for `python` if it is missing; SetupError when it cannot be made."""
+    """Make the base (and the tools image over it) for `python` if missing; SetupError when it cannot be made."""
     from forager.config import base_image_tag
 
     tag = base_image_tag(python)
     with _tag_lock(tag):
-        if layers.image_exists(client, tag):
-            return
-        if not opts.make_base:
-            raise SetupError(f"{tag} is missing (make it with `forager setup --pythons {python}`)")
-        log(f"base: {tag} is missing; making it")
-        base.ensure_base_image(client, python, log=log, install=opts.install_host_packages)
+        if not layers.image_exists(client, tag):
+            if not opts.make_base:
+                raise SetupError(f"{tag} is missing (make it with `forager setup --pythons {python}`)")
+            log(f"base: {tag} is missing; making it")
+            base.ensure_base_image(client, python, log=log, install=opts.install_host_packages)
+        base.ensure_tools_image(client, python, uv_version(), uv_binary(), log)
 
 
 def build_repo(spec: RepoSpec, settings: Settings, options: BuildOptions | None = None, *, client=None, on_stage=None) -> ImageRecord:

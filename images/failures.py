@@ -66,6 +66,20 @@ def _any(patterns: list[str], text: str) -> re.Match | None:
     return None
 
 
+_NETWORK = [
+    r"Temporary failure in name resolution",
+    r"Max retries exceeded with url",
+    r"dns error|failed to lookup address information",
+    r"Connection reset by peer|Connection timed out|Read timed out",
+    r"Failed to fetch http",  # apt
+]
+
+
+def network_error(text: str) -> bool:
+    """A failure that a flaky network explains (worth one more try)."""
+    return _any(_NETWORK, text) is not None
+
+
 def missing_compiler(text: str) -> bool:
     return _any(_COMPILER_MISSING, text) is not None
 

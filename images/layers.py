@@ -8,10 +8,10 @@ A tag that already exists is never rebuilt: same inputs, same image. The resolut
 day of the month after the commit, so the commits of a month with the same requirements share one layer.
 
 Dependencies are installed with uv (`uv pip install --exclude-newer DATE`): it resolves as of a date,
-which pip cannot, and it resolves and installs several times faster. uv is installed into /tmp for the
-one RUN step and removed again (the classic builder has no build mounts; a COPY would add 38 MB to
-every deps layer). uv does not read pip.conf: the index settings of /etc/pip.conf are passed as flags,
-and it verifies TLS with SSL_CERT_FILE, which the base image sets to the host's CA bundle.
+which pip cannot, and it resolves and installs several times faster. The layer builds FROM the tools
+image (images.base.ensure_tools_image: the base plus the host's uv binary, made once per Python). uv
+does not read pip.conf: the index settings of /etc/pip.conf are passed as flags, and it verifies TLS
+with SSL_CERT_FILE, which the base image sets to the host's CA bundle.
 Builds run on the default bridge network (never the host's): see images/base.py.
 """
 
@@ -28,7 +28,7 @@ import docker
 from docker.errors import APIError, BuildError, ImageNotFound
 
 from forager.config import base_image_tag
-from images.base import BUILD_NETWORK, host_pip_conf
+from images.base import BUILD_NETWORK, host_pip_conf, tools_image_tag
 from images.toolchain import RUST_PACKAGES, TOOLCHAIN_PACKAGES
 
 # Bump when the rendered Dockerfiles change meaning, so old tags are not mistaken for new ones.
@@ -106,7 +106,7 @@ def deps_dockerfile(recipe: DepsRecipe, key: str) -> str:
         labels["forager.deps.date"] = recipe.date
     # The label goes last: the toolchain step above it is then the same instruction on the same parent for
     # every project with the same packages, and Docker's build cache shares that layer between them.
-    lines = [f"FROM {base_image_tag(recipe.python)}"]
+    lines = [f"FROM {tools_image_tag(recipe.python, recipe.uv_version)}"]
     strict = " ".join(shlex.quote(p) for p in recipe.system_packages)
     if recipe.toolchain or recipe.libraries:
         wanted = (TOOLCHAIN_PACKAGES + (RUST_PACKAGES if recipe.rust else [])) if recipe.toolchain else []
@@ -126,18 +126,15 @@ def deps_dockerfile(recipe: DepsRecipe, key: str) -> str:
         )
     # One resolution of build backends, runtime and test deps, pytest(-timeout) and pip itself, all as of
     # the date: an old commit gets the pip and setuptools of its time too (today's cannot build it).
-    uv = "/tmp/forager-uv/bin/uv"
+    uv = "/usr/local/bin/uv"
     flags = ["--python=/opt/venv/bin/python", "--no-cache", "--link-mode=copy", "--upgrade", *uv_index_flags()]
     if recipe.date:
         flags.append(f"--exclude-newer={recipe.date}")
     lines += [
         "COPY build-requirements.txt requirements.txt /opt/forager/",
         f"RUN {_PROFILE_FIX}"
-        f" && python -m pip install --no-cache-dir --disable-pip-version-check -q --target /tmp/forager-uv uv=={recipe.uv_version}"
-        f" && {uv} --version"
         f" && {uv} pip install {' '.join(shlex.quote(f) for f in flags)}"
-        " -r /opt/forager/build-requirements.txt -r /opt/forager/requirements.txt pip"
-        " && rm -rf /tmp/forager-uv",
+        " -r /opt/forager/build-requirements.txt -r /opt/forager/requirements.txt pip",
         _label_line(labels),
     ]
     return "\n".join(lines) + "\n"

@@ -69,17 +69,26 @@ def lines_of(value: str) -> list[str]:
 
 
 def setup_kwargs(source: str) -> dict[str, object]:
-    """Literal keyword arguments of the setup() call in setup.py (non-literal ones are skipped)."""
+    """Literal keyword arguments of the setup() call in setup.py (non-literal ones are skipped).
+
+    A keyword given as a name (`install_requires=requires`) takes the literal the module assigned to
+    that name at top level (`requires = [...]`), as many setup.py files do.
+    """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
+    assigned: dict[str, ast.expr] = {}
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            assigned[stmt.targets[0].id] = stmt.value
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "setup":
             out = {}
             for kw in node.keywords:
+                value = assigned.get(kw.value.id, kw.value) if isinstance(kw.value, ast.Name) else kw.value
                 try:
-                    out[kw.arg] = ast.literal_eval(kw.value)
+                    out[kw.arg] = ast.literal_eval(value)
                 except (ValueError, TypeError, SyntaxError, RecursionError):
                     pass
             return out

@@ -212,3 +212,10 @@ def test_setup_pythons_option_is_checked():
     assert parse_pythons("3.9") == ["3.11", "3.9"] and parse_pythons("") == ["3.11"]
     with pytest.raises(SetupError, match="3.10"):
         parse_pythons("3.10")
+
+
+def test_setup_py_keywords_given_by_name_take_the_module_level_literal(tmp_path):
+    root = tree(tmp_path, {"setup.py": "from setuptools import setup\nrequires = ['urllib3>=1.21.1,<1.27', 'idna']\n"
+                                       "setup(name='r', install_requires=requires)\n"})
+    det = detect(root, spec(), ALL)
+    assert "urllib3>=1.21.1,<1.27" in det.requirements and "idna" in det.requirements
