@@ -40,16 +40,25 @@ def requirements(meta: Manifests, notes: list[str]) -> list[str]:
         wanted = {canonicalize_name(n) for n in DEV_GROUPS if canonicalize_name(n) in extras}
     chosen_extras = sorted(wanted & set(extras))
 
-    test: list[str] = []
-    for extra in chosen_extras:
-        test += extras[extra]
-    test += _as_list(setup_kw.get("tests_require"))
-    test += _dependency_groups(meta.pyproject.get("dependency-groups", {}) or {}, notes)
     files = requirement_files.choose(meta, notes)
-    for f in files:
-        test += requirement_files.read(f, meta.root)
     tox_deps = _tox_deps(meta)
-    test += tox_deps
+    # Sources of test requirements, the one a person trusts most first: when two name the same package
+    # (a stale `tests_require` pin against the requirement file tox installs), the first one wins.
+    sources = [
+        [line for f in files for line in requirement_files.read(f, meta.root)],
+        tox_deps,
+        _dependency_groups(meta.pyproject.get("dependency-groups", {}) or {}, notes),
+        [line for extra in chosen_extras for line in extras[extra]],
+        _as_list(setup_kw.get("tests_require")),
+    ]
+    test: list[str] = []
+    owner: dict[str, int] = {}
+    for index, lines in enumerate(sources):
+        for line in lines:
+            name = _name(line)
+            if name and owner.setdefault(name, index) != index:
+                continue
+            test.append(line)
 
     plugins = pytest_plugins(meta, runtime + test)
     if plugins:
@@ -67,6 +76,13 @@ def requirements(meta: Manifests, notes: list[str]) -> list[str]:
         f"{[str(f.relative_to(meta.root)) for f in files] or '-'}, tox deps {len(tox_deps)}, build {meta.build_requires}"
     )
     return out
+
+
+def _name(line: str) -> str | None:
+    try:
+        return canonicalize_name(Requirement(line).name)
+    except InvalidRequirement:
+        return None
 
 
 def _as_list(value) -> list[str]:

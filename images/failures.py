@@ -3,6 +3,7 @@
     toolchain        a compiler, Python's headers or a Rust toolchain was missing or unusable
     system_library   a C library (its headers, pkg-config file or .so) was missing, or apt could not install it
     resolution       the requirements do not resolve (as of the commit's date, when one was applied)
+    error            Docker itself failed (no network endpoint for the build container, ...)
     install          anything else that failed while installing
 
 `missing_compiler(text)` tells the builder a retry with the toolchain may help.
@@ -66,6 +67,11 @@ def _any(patterns: list[str], text: str) -> re.Match | None:
     return None
 
 
+_DOCKER = [
+    r"failed to create endpoint .* on network",
+    r"could not find bridge",
+    r"OCI runtime create failed",
+]
 _NETWORK = [
     r"Temporary failure in name resolution",
     r"Max retries exceeded with url",
@@ -86,7 +92,7 @@ def missing_compiler(text: str) -> bool:
 
 def classify(text: str) -> tuple[str, str]:
     """(failure class, the log line that decided it) for a failed layer build's log."""
-    for status, patterns in (("resolution", _RESOLUTION), ("toolchain", _RUST), ("system_library", _LIBRARY),
+    for status, patterns in (("error", _DOCKER), ("resolution", _RESOLUTION), ("toolchain", _RUST), ("system_library", _LIBRARY),
                              ("toolchain", _COMPILER_MISSING)):
         m = _any(patterns, text)
         if m:

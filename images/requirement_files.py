@@ -32,7 +32,7 @@ _TESTY = re.compile(r"(^|[-_./])(test|tests|testing)([-_./]|$)")
 _DEVY = re.compile(r"(^|[-_./])(dev|develop|development)([-_./]|$)")
 _BASE = ("requirements.txt", "requirements/base.txt", "requirements/main.txt", "requirements/runtime.txt")
 # `-r FILE` as tox, nox and CI scripts write it.
-_INCLUDE = re.compile(r"""(?:-r|--requirement)[\s=]+['"]?([\w./{}-]+\.(?:txt|in))""")
+_INCLUDE = re.compile(r"""(?:-r|--requirement)[\s=]*['"]?([\w./{}-]+\.(?:txt|in))""")
 _NOX_INCLUDE = re.compile(r"""install\(\s*['"]-r['"]\s*,\s*['"]([\w./-]+)['"]""")
 
 

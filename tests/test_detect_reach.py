@@ -158,6 +158,7 @@ def test_failure_classes_come_from_the_build_log():
     assert failures.classify("m.c:1:10: fatal error: Python.h: No such file or directory")[0] == "toolchain"
     assert failures.classify("error: can't find Rust compiler")[0] == "toolchain"
     assert failures.classify("SyntaxError: invalid syntax")[0] == "install"
+    assert failures.classify("failed to create endpoint x on network bridge: could not find bridge docker0")[0] == "error"
     assert failures.missing_compiler("unable to execute 'x86_64-linux-gnu-gcc': No such file or directory")
 
 
@@ -219,3 +220,16 @@ def test_setup_py_keywords_given_by_name_take_the_module_level_literal(tmp_path)
                                        "setup(name='r', install_requires=requires)\n"})
     det = detect(root, spec(), ALL)
     assert "urllib3>=1.21.1,<1.27" in det.requirements and "idna" in det.requirements
+
+
+def test_a_stale_tests_require_pin_yields_to_the_file_tox_installs(tmp_path):
+    root = tree(tmp_path, {
+        "setup.py": "from setuptools import setup\ntest_requirements = ['pytest-httpbin==0.0.7', 'pytest-mock']\n"
+                    "EXTRAS = {'a': ['x']}\nEXTRAS['tests'] = EXTRAS['a'] + ['hypothesis']\n"
+                    "setup(name='r', tests_require=test_requirements, extras_require=EXTRAS)\n",
+        "requirements-dev.txt": "pytest-httpbin==1.0.0\n",
+        "tox.ini": "[testenv]\ndeps = -rrequirements-dev.txt\n",
+    })
+    det = detect(root, spec(), ALL)
+    assert "pytest-httpbin==1.0.0" in det.requirements and "pytest-httpbin==0.0.7" not in det.requirements
+    assert "pytest-mock" in det.requirements and {"x", "hypothesis"} <= set(det.requirements)  # built by `+`
