@@ -149,15 +149,15 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
         log(f"commit: {commit}")
         stage("fetch")
 
+        record.commit_date = history.commit_date(mirror, commit)
+        date = history.resolution_date(record.commit_date) if opts.resolve_at == "commit" else None
         if not opts.force:
             previous = catalog.find_ok(settings.catalog_path, spec.name, commit)
-            if previous and _same_overrides(previous, spec) and layers.image_exists(client, previous.tag):
+            if (previous and _same_overrides(previous, spec) and layers.image_exists(client, previous.tag)
+                    and _deps_date(client, previous) == date):
                 log(f"cached: {previous.tag} is ok in the catalog; skipping (use force to rebuild)")
                 log.close()
                 return previous, True
-
-        record.commit_date = history.commit_date(mirror, commit)
-        date = history.resolution_date(record.commit_date) if opts.resolve_at == "commit" else None
         tree = sources.export_tree(mirror, commit, workspace / "tree")
         try:
             det = detect(tree, spec, available_pythons(client, makeable=opts.make_base), record.commit_date)
@@ -224,6 +224,14 @@ def _same_overrides(previous: ImageRecord, spec: RepoSpec) -> bool:
         and (spec.install is None or previous.install_commands == spec.install)
         and (spec.python is None or previous.python == spec.python)
     )
+
+
+def _deps_date(client, record: ImageRecord) -> str | None:
+    """The date the record's dependency layer resolved at (its label), None for today's index."""
+    try:
+        return (client.images.get(record.deps_tag).labels or {}).get("forager.deps.date") if record.deps_tag else None
+    except DockerException:
+        return None
 
 
 def _ensure(path: Path) -> Path:
