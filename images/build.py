@@ -158,7 +158,7 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
                 log(f"cached: {previous.tag} is ok in the catalog; skipping (use force to rebuild)")
                 log.close()
                 return previous, True
-        tree = sources.export_tree(mirror, commit, workspace / "tree")
+        tree = sources.export_tree(mirror, commit, workspace / "tree", log)
         try:
             det = detect(tree, spec, available_pythons(client, makeable=opts.make_base), record.commit_date)
         except DetectError as exc:
