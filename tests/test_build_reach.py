@@ -84,7 +84,7 @@ def test_a_c_extension_gets_a_compiler_and_builds_ok(base_image, images_home, tm
     assert record.status == "ok", f"{record.status}: {record.reason} ({record.log_path})"
     assert (record.tests_passed, record.tests_failed) == (2, 0)
     log = Path(record.log_path).read_text()
-    assert "toolchain: setup.py/setup.cfg declares extension modules" in log and "(toolchain, resolved as of" in log
+    assert "toolchain: setup.py/setup.cfg declares extension modules" in log  # (the layer may be reused from a run before)
     out = run_in(record.tag, "gcc --version | head -1; ls /repo/cext/ | grep -c '_fast.*\\.so'")
     assert "gcc" in out and out.split()[-1] == "1"  # the compiler is in the image, the extension was built in place
 
