@@ -8,8 +8,11 @@ its key changes only when the dependencies do.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from packaging.utils import canonicalize_name
 
 from forager.errors import DetectError
 from forager.models import RepoSpec
@@ -20,6 +23,10 @@ from images.test_command import test_command as choose_test_command
 from images.toolchain import detect_toolchain, rust_ok, rust_version_of
 
 __all__ = ["Detection", "DetectError", "detect"]
+
+
+def _req_name(line: str) -> str:
+    return canonicalize_name(re.split(r"[\s<>=!~;\[]", line.strip(), maxsplit=1)[0])
 # Editable installs of setuptools_scm/hatch-vcs projects need a version when neither git metadata
 # nor PKG-INFO is there (a git checkout is copied without .git).
 SCM_BACKENDS = ("setuptools_scm", "setuptools-scm", "hatch-vcs", "hatch_vcs")
@@ -76,6 +83,13 @@ def detect(root: Path, spec: RepoSpec, available: list[str], commit_date: float 
             # an old commit's pip and setuptools (resolved at its date) may predate PEP 660: `setup.py develop`
             " || python -m pip install --no-deps --no-build-isolation -e ."
         ]
+        ungenerated = tc.ungenerated_pyx
+        if ungenerated:
+            # The project's Makefile or CI runs Cython before building (the sdist ships the .c, git does not).
+            install.insert(0, "for f in " + " ".join(ungenerated) + '; do python -m cython -3 "$f"; done')
+            if not any(_req_name(r) == "cython" for r in requirements):
+                requirements.insert(len(meta.build_requires), "Cython")
+            notes.append(f"Cython sources without their generated C, cythonized before the build: {ungenerated}")
         if any(b in r for r in meta.build_requires for b in SCM_BACKENDS) and not (root / "PKG-INFO").exists():
             install_env["SETUPTOOLS_SCM_PRETEND_VERSION"] = "0.0.0+forager"
             notes.append("setuptools_scm/hatch-vcs without PKG-INFO: pretend version 0.0.0+forager")

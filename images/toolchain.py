@@ -82,6 +82,7 @@ class Toolchain:
     rust_version: str | None = None  # the crate's minimum rustc, when it says
     libraries: list[str] = field(default_factory=list)  # detected apt packages (skipped when the release lacks them)
     evidence: list[str] = field(default_factory=list)
+    ungenerated_pyx: list[str] = field(default_factory=list)  # .pyx whose .c/.cpp the build expects but git lacks
 
 
 def detect_toolchain(meta: Manifests, requirement_lines: list[str]) -> Toolchain:
@@ -103,6 +104,12 @@ def detect_toolchain(meta: Manifests, requirement_lines: list[str]) -> Toolchain
     if any(p.suffix in (".pyx", ".pxd") for p in sources):
         tc.needs_compiler = True
         tc.evidence.append("Cython sources (.pyx)")
+        # setup.py names the generated C file (`Extension(..., ["pkg/_x.c"])`) that only `cython` writes.
+        for pyx in (p for p in sources if p.suffix == ".pyx"):
+            rel = pyx.relative_to(root).as_posix()
+            c_name = rel[:-4] + ".c"
+            if not pyx.with_suffix(".c").exists() and not pyx.with_suffix(".cpp").exists() and c_name in setup_text:
+                tc.ungenerated_pyx.append(rel)
     elif sources and (meta.setup_py or meta.pyproject.get("build-system")):
         tc.needs_compiler = True
         tc.evidence.append(f"C/C++ sources next to the build config ({sources[0].relative_to(root)}, ...)")

@@ -233,3 +233,12 @@ def test_a_stale_tests_require_pin_yields_to_the_file_tox_installs(tmp_path):
     det = detect(root, spec(), ALL)
     assert "pytest-httpbin==1.0.0" in det.requirements and "pytest-httpbin==0.0.7" not in det.requirements
     assert "pytest-mock" in det.requirements and {"x", "hypothesis"} <= set(det.requirements)  # built by `+`
+
+
+def test_cython_sources_whose_c_file_git_lacks_are_cythonized_first(tmp_path):
+    root = tree(tmp_path, {"pyproject.toml": '[build-system]\nrequires = ["setuptools"]\n',
+                           "setup.py": "from setuptools import setup, Extension\n"
+                                       "setup(ext_modules=[Extension('pkg._fast', ['pkg/_fast.c'])])\n",
+                           "pkg/_fast.pyx": "def f():\n    return 1\n"})
+    det = detect(root, spec(), ALL)
+    assert det.install[0].startswith("for f in pkg/_fast.pyx;") and "Cython" in det.requirements and det.toolchain
