@@ -116,7 +116,9 @@ def deps_dockerfile(recipe: DepsRecipe, key: str) -> str:
             f" && pkgs={shlex.quote(' '.join(wanted))}"
             # The chosen Python's headers: Debian's python3-dev where the venv is Debian's python3.
             + (' && if [ -x /usr/bin/python3 ]; then pkgs="$pkgs python3-dev"; fi' if recipe.toolchain else "")
-            + (f' && for p in {optional}; do if apt-cache show "$p" >/dev/null 2>&1; then pkgs="$pkgs $p";'
+            # Only packages this release can install: a name apt merely knows (Ubuntu's libjpeg-turbo8-dev,
+            # a virtual package) has "Candidate: (none)".
+            + (f' && for p in {optional}; do if apt-cache policy "$p" 2>/dev/null | grep -q "Candidate: [^(]"; then pkgs="$pkgs $p";'
                ' else echo "forager: $p is not in this Debian release: skipped"; fi; done' if optional else "")
             + f" && apt-get install -y -qq --no-install-recommends {strict} $pkgs && rm -rf /var/lib/apt/lists/*"
         )

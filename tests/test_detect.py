@@ -175,3 +175,10 @@ def test_plugins_named_by_pytest_addopts_join_the_dependencies(tmp_path):
     reqs = detect(tmp_path, spec(), AVAILABLE).requirements
     assert {"pytest-cov", "pytest-xdist", "pytest-mock>=3", "pytest-timeout"} <= set(reqs)
     assert reqs.count("pytest-timeout") == 1
+
+
+def test_a_tests_folder_without_python_tests_is_not_the_target(tmp_path):
+    write(tmp_path, {"setup.py": "from setuptools import setup\nsetup(name='k')\n", "tests/SolverTest.cpp": "int main(){}\n",
+                     "py/tests/test_solver.py": "def test_s():\n    pass\n"})
+    det = detect(tmp_path, spec(), AVAILABLE)
+    assert det.test_command == "python -m pytest --continue-on-collection-errors"  # pytest's own discovery finds py/tests
