@@ -54,9 +54,9 @@ def build_layers(client, name: str, commit: str, det: Detection, date: str | Non
         except _Failed as failed:
             text = failed.text
             extra = sorted(set(packages_for_headers(text)) - set(recipe.libraries))
-            if not network_retried and network_error(text) and classify(text)[0] == "install":
+            if not network_retried and network_error(text) and classify(text)[0] in ("install", "error"):
                 network_retried = True
-                log(f"{failed.stage} layer failed on the network ({failed.summary[:200]}): one more try in 20 s")
+                log(f"{failed.stage} layer failed on the network or Docker ({failed.summary[:200]}): one more try in 20 s")
                 time.sleep(20)
             elif attempt < 3 and not recipe.toolchain and missing_compiler(text):
                 log(f"{failed.stage} layer failed for want of a compiler: retrying with the toolchain")

@@ -71,6 +71,7 @@ _DOCKER = [
     r"failed to create endpoint .* on network",
     r"could not find bridge",
     r"OCI runtime create failed",
+    r"No such image: sha256:",  # another builder's prune took an intermediate image mid-build
 ]
 _NETWORK = [
     r"Temporary failure in name resolution",
@@ -82,8 +83,8 @@ _NETWORK = [
 
 
 def network_error(text: str) -> bool:
-    """A failure that a flaky network explains (worth one more try)."""
-    return _any(_NETWORK, text) is not None
+    """A failure that a flaky network or a busy Docker daemon explains (worth one more try)."""
+    return _any(_NETWORK, text) is not None or _any(_DOCKER, text) is not None
 
 
 def missing_compiler(text: str) -> bool:
