@@ -71,7 +71,7 @@ _DOCKER = [
     r"failed to create endpoint .* on network",
     r"could not find bridge",
     r"OCI runtime create failed",
-    r"No such image: sha256:",  # another builder's prune took an intermediate image mid-build
+    r"No such image: sha256:|failed to get destination image",  # another builder's prune took an image mid-build
 ]
 _NETWORK = [
     r"Temporary failure in name resolution",

@@ -159,6 +159,7 @@ def test_failure_classes_come_from_the_build_log():
     assert failures.classify("error: can't find Rust compiler")[0] == "toolchain"
     assert failures.classify("SyntaxError: invalid syntax")[0] == "install"
     assert failures.classify("failed to create endpoint x on network bridge: could not find bridge docker0")[0] == "error"
+    assert failures.network_error("failed to get destination image \"sha256:31c6\"")
     assert failures.network_error("No such image: sha256:10751fee") and failures.network_error("Temporary failure in name resolution")
     assert failures.missing_compiler("unable to execute 'x86_64-linux-gnu-gcc': No such file or directory")
 
