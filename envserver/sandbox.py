@@ -144,16 +144,17 @@ class TestRun:
 
 
 def run_pytest(box: Sandbox, test_command: str, timeout: float, *, env: dict[str, str] | None = None,
-               extra_args: str = "", report: str = "/tmp/forager-junit.xml") -> TestRun:
+               extra_args: str = "", report: str = "/tmp/forager-junit.xml", per_test_timeout: int | None = None) -> TestRun:
     """Run a pytest-compatible command with JUnit output and read the report back.
 
     The report is removed first, so a run that writes none never returns an older one, and it is read
     through the archive API, not over an exec stream (Docker can lose a short exec's output:
-    docker/docker-py#2042, moby/moby#27289).
+    docker/docker-py#2042, moby/moby#27289). `per_test_timeout` (seconds) has pytest-timeout, which the
+    image must have, fail a test that runs longer (envserver.junit.timed_out lists them).
     """
     from envserver.junit import pytest_args
 
-    result = box.run(f"rm -f {report}; {test_command} {extra_args} {pytest_args(report)}", timeout, env=env)
+    result = box.run(f"rm -f {report}; {test_command} {extra_args} {pytest_args(report, per_test_timeout)}", timeout, env=env)
     try:
         junit = box.read(report).decode(errors="replace")
     except FileNotFoundError:

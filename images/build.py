@@ -1,29 +1,33 @@
-"""Build and validate repository images: fetch → detect → deps layer → repo layer → validate → catalog.
+"""Build and validate repository images: fetch → detect → base → deps layer → repo layer → validate → catalog.
 
 Every outcome, good or bad, is appended to the catalog as an ImageRecord with a failure class and the
 path of a log holding everything that happened. An `ok` record whose image still exists makes the next
-run skip that repo@commit (resume); `force` rebuilds.
+run skip that repo@commit (resume); `force` rebuilds. A base image the chosen Python needs is made on
+demand (images.base: a minute or two of debootstrap); when it cannot be, the repo fails as
+`python_unavailable`. Dependencies resolve as of the commit's date (images.history, images.layers).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 import docker
-from docker.errors import BuildError, DockerException
+from docker.errors import DockerException
 
 from forager.config import BASE_IMAGE_REPO, Settings
-from forager.errors import PushError
+from forager.errors import PushError, SetupError
 from forager.models import ImageRecord, RepoSpec
-from images import catalog, layers, sources
+from images import base, catalog, history, layers, sources
+from images.assemble import LayerFailure, build_layers
 from images.detect import DetectError, detect
 from images.validate import validate
 
@@ -38,6 +42,10 @@ class BuildOptions:
     runs: int = 2  # validation runs; outcomes that differ between them are flaky
     push: str | None = None  # REGISTRY/PREFIX to tag and push ok images to
     no_cache: bool = False  # also bypass Docker's layer cache (cold-build measurements)
+    per_test_timeout: int | None = 60  # seconds one test may run in validation (pytest-timeout); None: no limit
+    resolve_at: str = "commit"  # "commit": dependencies as of the commit's date; "today": the index as it is now
+    make_base: bool = True  # make a missing base image (debootstrap) the chosen Python needs
+    install_host_packages: Callable[[list[str]], None] | None = None  # host apt-get, for debootstrap (the CLI's)
 
 
 class _Log:
@@ -67,14 +75,45 @@ def _tag_lock(tag: str) -> threading.Lock:
         return _tag_locks.setdefault(tag, threading.Lock())
 
 
-def available_pythons(client: docker.DockerClient) -> list[str]:
-    """Python versions with a local base image (forager/base:pyX.Y)."""
-    versions = []
+def available_pythons(client: docker.DockerClient, makeable: bool = True) -> list[str]:
+    """Python versions with a local base image (forager/base:pyX.Y), plus those we can make (images.base.RELEASES)."""
+    versions = list(base.RELEASES) if makeable else []
     for image in client.images.list(name=BASE_IMAGE_REPO):
         for tag in image.tags:
             if tag.startswith(f"{BASE_IMAGE_REPO}:py"):
                 versions.append(tag.split(":py", 1)[1])
     return sorted(set(versions))
+
+
+def uv_version() -> str:
+    """The uv the dependency layer installs: the host's own (a pinned, known-good version)."""
+    try:
+        return package_version("uv")
+    except PackageNotFoundError:
+        return "missing"
+
+
+def uv_binary() -> Path:
+    try:
+        from uv import find_uv_bin
+
+        return Path(find_uv_bin())
+    except (ImportError, FileNotFoundError) as exc:
+        raise SetupError("uv is not installed on this host (`pip install uv`): the dependency layer needs it") from exc
+
+
+def _ensure_base(client, python: str, opts: BuildOptions, log) -> None:
+    """Make the base (and the tools image over it) for `python` if missing; SetupError when it cannot be made."""
+    from forager.config import base_image_tag
+
+    tag = base_image_tag(python)
+    with _tag_lock(tag):
+        if not layers.image_exists(client, tag):
+            if not opts.make_base:
+                raise SetupError(f"{tag} is missing (make it with `forager setup --pythons {python}`)")
+            log(f"base: {tag} is missing; making it")
+            base.ensure_base_image(client, python, log=log, install=opts.install_host_packages)
+        base.ensure_tools_image(client, python, uv_version(), uv_binary(), log)
 
 
 def build_repo(spec: RepoSpec, settings: Settings, options: BuildOptions | None = None, *, client=None, on_stage=None) -> ImageRecord:
@@ -110,59 +149,41 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
         log(f"commit: {commit}")
         stage("fetch")
 
+        record.commit_date = history.commit_date(mirror, commit)
+        date = history.resolution_date(record.commit_date) if opts.resolve_at == "commit" else None
         if not opts.force:
             previous = catalog.find_ok(settings.catalog_path, spec.name, commit)
-            if previous and _same_overrides(previous, spec) and layers.image_exists(client, previous.tag):
+            if (previous and _same_overrides(previous, spec) and layers.image_exists(client, previous.tag)
+                    and _deps_date(client, previous) == date):
                 log(f"cached: {previous.tag} is ok in the catalog; skipping (use force to rebuild)")
                 log.close()
                 return previous, True
-
-        tree = sources.export_tree(mirror, commit, workspace / "tree")
+        tree = sources.export_tree(mirror, commit, workspace / "tree", log)
         try:
-            det = detect(tree, spec, available_pythons(client))
+            det = detect(tree, spec, available_pythons(client, makeable=opts.make_base), record.commit_date)
         except DetectError as exc:
             return fail("detect", str(exc))
         for note in det.notes:
             log(f"detect: {note}")
         record.python, record.test_command, record.install_commands = det.python, det.test_command, det.install
         record.test_runner = det.test_runner
+        if det.toolchain_problem:
+            return fail("toolchain", det.toolchain_problem)
         stage("detect")
 
-        dkey = layers.deps_key(det.python, det.requirements, det.system_packages, det.build_requirements)
-        record.deps_tag = layers.deps_tag(spec.name, dkey)
-        with _tag_lock(record.deps_tag):
-            if layers.image_exists(client, record.deps_tag) and not opts.force:
-                log(f"deps layer reused: {record.deps_tag}")
-            else:
-                ctx = layers.write_context(
-                    workspace / "deps",
-                    {
-                        "Dockerfile": layers.deps_dockerfile(det.python, det.system_packages, dkey),
-                        "build-requirements.txt": "".join(f"{r}\n" for r in det.build_requirements),
-                        "requirements.txt": "".join(f"{r}\n" for r in det.requirements),
-                    },
-                )
-                log(f"deps layer: building {record.deps_tag}\n--- requirements.txt\n" + "\n".join(det.requirements))
-                try:
-                    layers.docker_build(client, ctx, record.deps_tag, log, no_cache=opts.no_cache)
-                except BuildError as exc:
-                    return fail("install", f"dependency layer failed: {_last_error(exc)}")
-        stage("deps")
+        try:
+            _ensure_base(client, det.python, opts, log)
+        except SetupError as exc:
+            return fail("python_unavailable", f"Python {det.python} (what the project supports) has no base image: {exc}")
 
-        rkey = layers.repo_key(dkey, commit, det.install, det.install_env)
-        tag = layers.repo_tag(spec.name, rkey)
-        with _tag_lock(tag):
-            if layers.image_exists(client, tag) and not opts.force:
-                log(f"repo layer reused: {tag}")
-            else:
-                labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
-                dockerfile = layers.repo_dockerfile(record.deps_tag, spec.name, commit, det.install, det.install_env, labels)
-                ctx = layers.write_context(workspace / "repo-ctx", {"Dockerfile": dockerfile}, tree=tree)
-                log(f"repo layer: building {tag}\n--- Dockerfile\n{dockerfile}")
-                try:
-                    layers.docker_build(client, ctx, tag, log, no_cache=opts.no_cache)
-                except BuildError as exc:
-                    return fail("install", f"repository layer failed: {_last_error(exc)}")
+        labels = {"forager.kind": "repo", "forager.repo": spec.name, "forager.commit": commit, "forager.source": spec.source}
+        try:
+            record.deps_tag, tag = build_layers(
+                client, spec.name, commit, det, date, tree, workspace, labels, log,
+                force=opts.force, no_cache=opts.no_cache, uv_version=uv_version(), tag_lock=_tag_lock)
+        except LayerFailure as exc:
+            return fail(exc.status, exc.reason)
+        stage("deps")
         record.tag = tag
         record.size_bytes = client.images.get(tag).attrs.get("Size")
         record.build_seconds = round(time.monotonic() - started, 2)
@@ -170,13 +191,15 @@ def _build(spec: RepoSpec, settings: Settings, opts: BuildOptions, client, on_st
 
         v_started = time.monotonic()
         result = validate(
-            tag, det.test_command, timeout=opts.test_timeout, min_pass_rate=opts.min_pass_rate, runs=opts.runs, log=log
+            tag, det.test_command, timeout=opts.test_timeout, min_pass_rate=opts.min_pass_rate, runs=opts.runs, log=log,
+            per_test_timeout=opts.per_test_timeout,
         )
         record.validate_seconds = round(time.monotonic() - v_started, 2)
         record.pip_freeze = result.pip_freeze
         record.test_outcomes, record.flaky, record.test_seconds = result.outcomes, result.flaky, result.test_seconds
         record.tests_collected = len(result.outcomes)
         record.tests_passed, record.tests_failed, record.tests_skipped = result.passed, result.failed, result.skipped
+        record.per_test_timeout, record.timed_out_tests = result.per_test_timeout, result.timed_out
         stage("validate")
         if result.status != "ok":
             return fail(result.status, result.reason)
@@ -203,23 +226,17 @@ def _same_overrides(previous: ImageRecord, spec: RepoSpec) -> bool:
     )
 
 
+def _deps_date(client, record: ImageRecord) -> str | None:
+    """The date the record's dependency layer resolved at (its label), None for today's index."""
+    try:
+        return (client.images.get(record.deps_tag).labels or {}).get("forager.deps.date") if record.deps_tag else None
+    except DockerException:
+        return None
+
+
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _last_error(exc: BuildError) -> str:
-    """The most telling lines of a failed build: a Python exception, the tool's error, Docker's verdict."""
-    text = _ANSI.sub("", "".join(str(c.get("stream", "")) if isinstance(c, dict) else str(c) for c in (exc.build_log or [])))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    raised = [ln for ln in lines if re.search(r"\b\w+(Error|Exception)\b: ", ln)]
-    tool = [ln for ln in lines if re.match(r"(ERROR|error|E)[: ]", ln)]
-    verdict = _ANSI.sub("", str(exc.msg)).strip().splitlines()[-1] if str(exc.msg).strip() else "docker build failed"
-    picked = list(dict.fromkeys([*raised[-1:], *tool[-1:], verdict]))
-    return "; ".join(picked)[:800]
 
 
 def build_list(

@@ -10,6 +10,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from images import requirement_files
 from images.manifests import Manifests, lines_of, setup_kwargs
 from images.test_command import pytest_plugins
 
@@ -39,23 +40,33 @@ def requirements(meta: Manifests, notes: list[str]) -> list[str]:
         wanted = {canonicalize_name(n) for n in DEV_GROUPS if canonicalize_name(n) in extras}
     chosen_extras = sorted(wanted & set(extras))
 
-    test: list[str] = []
-    for extra in chosen_extras:
-        test += extras[extra]
-    test += _as_list(setup_kw.get("tests_require"))
-    test += _dependency_groups(meta.pyproject.get("dependency-groups", {}) or {}, notes)
-    files = _requirement_files(meta.root)
-    for f in files:
-        test += _read_requirements(f, meta.root, set())
+    files = requirement_files.choose(meta, notes)
     tox_deps = _tox_deps(meta)
-    test += tox_deps
+    # Sources of test requirements, the one a person trusts most first: when two name the same package
+    # (a stale `tests_require` pin against the requirement file tox installs), the first one wins.
+    sources = [
+        [line for f in files for line in requirement_files.read(f, meta.root)],
+        tox_deps,
+        _dependency_groups(meta.pyproject.get("dependency-groups", {}) or {}, notes),
+        [line for extra in chosen_extras for line in extras[extra]],
+        _as_list(setup_kw.get("tests_require")),
+    ]
+    test: list[str] = []
+    owner: dict[str, int] = {}
+    for index, lines in enumerate(sources):
+        for line in lines:
+            name = _name(line)
+            if name and owner.setdefault(name, index) != index:
+                continue
+            test.append(line)
 
     plugins = pytest_plugins(meta, runtime + test)
     if plugins:
         notes.append(f"pytest config needs plugins the manifests do not list: {plugins}")
     lines = _expand_self(meta, runtime + test + plugins, extras)
     out, seen = [], set()
-    for line in list(meta.build_requires) + lines + ["pytest"]:
+    # pytest-timeout: validation and grading stop a hanging test after a per-test limit (envserver.junit).
+    for line in list(meta.build_requires) + lines + ["pytest", "pytest-timeout"]:
         key = line.replace(" ", "")
         if key not in seen:
             seen.add(key)
@@ -65,6 +76,13 @@ def requirements(meta: Manifests, notes: list[str]) -> list[str]:
         f"{[str(f.relative_to(meta.root)) for f in files] or '-'}, tox deps {len(tox_deps)}, build {meta.build_requires}"
     )
     return out
+
+
+def _name(line: str) -> str | None:
+    try:
+        return canonicalize_name(Requirement(line).name)
+    except InvalidRequirement:
+        return None
 
 
 def _as_list(value) -> list[str]:
@@ -90,52 +108,18 @@ def _dependency_groups(groups: dict, notes: list[str]) -> list[str]:
     return [r for n in names for r in expand(n)]
 
 
-_REQ_FILE = re.compile(r"(^|[-_/])(test|tests|testing|dev|develop)([-_.]|$)")
-
-
-def _requirement_files(root: Path) -> list[Path]:
-    """requirements.txt plus the test (else dev) requirement files, pinned .txt preferred over .in."""
-    candidates = sorted(set(root.glob("*requirements*.txt")) | set(root.glob("requirements/*.txt")) | set(root.glob("requirements/*.in")))
-    txt_stems = {p.with_suffix("").as_posix() for p in candidates if p.suffix == ".txt"}
-    candidates = [p for p in candidates if p.suffix == ".txt" or p.with_suffix("").as_posix() not in txt_stems]
-    rel = {p: p.relative_to(root).as_posix().lower() for p in candidates}
-    base = [p for p in candidates if rel[p] in ("requirements.txt", "requirements/base.txt", "requirements/main.txt")]
-    testy = [p for p in candidates if re.search(r"test", rel[p]) and not re.search(r"doc|lint|typ|mypy", rel[p])]
-    if not testy:
-        testy = [p for p in candidates if re.search(r"dev", rel[p]) and not re.search(r"doc|lint|typ|mypy", rel[p])]
-    return base + [p for p in testy if p not in base]
-
-
-def _read_requirements(path: Path, root: Path, seen: set[Path]) -> list[str]:
-    """Requirement lines of a file, `-r`/`-c` includes inlined; local paths and editables dropped."""
-    if path in seen or not path.is_file():
-        return []
-    seen.add(path)
-    out = []
-    for raw in path.read_text(errors="replace").splitlines():
-        line = re.sub(r"(^|\s)#.*$", "", raw).strip().rstrip("\\").strip()
-        if not line:
-            continue
-        m = re.match(r"^(-r|--requirement|-c|--constraint)\s*=?\s*(\S+)", line)
-        if m:
-            out += _read_requirements((path.parent / m[2]).resolve(), root, seen)
-            continue
-        if line.startswith(("-", ".")) or "/" in line.split(";")[0] and "://" not in line:
-            continue  # -e ., --hash options, local paths: not installable without the code
-        out.append(line)
-    return out
-
-
 def _tox_deps(meta: Manifests) -> list[str]:
     deps = meta.tox.get("testenv", {}).get("deps", "")
     out = []
     for line in lines_of(deps):
         line = line.replace("{toxinidir}/", "").replace("{toxinidir}", ".")
-        if "{" in line:
-            continue  # factor-conditional or substituted lines: too dynamic to read statically
+        if "{" in line or re.match(r"^[\w,!.-]+:\s", line):
+            continue  # substituted or factor-conditional lines (`min: -r ...`): another environment's
         m = re.match(r"^(-r|-c)\s*(\S+)", line)
         if m:
-            out += _read_requirements((meta.root / m[2]).resolve(), meta.root, set())
+            target = meta.root / m[2]
+            requirement_files.inside(target, meta.root, f"tox.ini: include {line!r}")
+            out += requirement_files.read(target, meta.root)
         elif not line.startswith(("-", ".")):
             out.append(line)
     return out

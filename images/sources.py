@@ -60,6 +60,15 @@ def tag_safe(name: str) -> str:
     return name or "repo"
 
 
+def local_name(path: Path) -> str:
+    """A local repository's short name: its folder's, or its parent's when the folder has a generic name
+    (`owner+name/repo`, `name/.git`); `owner+name` keeps the name."""
+    name = path.name
+    if name.lower() in ("repo", ".git", "git", "mirror") and path.parent.name:
+        name = path.parent.name
+    return tag_safe(name.split("+")[-1])
+
+
 def _split_ref(text: str) -> tuple[str, str | None]:
     # The ref is what follows the last '@' when that '@' is after the last '/' or ':' (so `git@host:x`
     # keeps its user part); a ref may therefore not contain '/'.
@@ -110,7 +119,7 @@ def parse_entry(entry: str, *, base_dir: Path | None = None, line: int | None = 
     if looks_local or candidate.exists():
         if not candidate.is_dir():
             raise ValueError(f"local path {path_part!r} is not a directory")
-        return RepoSpec(kind="local", location=str(candidate.resolve()), ref=ref, name=tag_safe(candidate.resolve().name), **common)
+        return RepoSpec(kind="local", location=str(candidate.resolve()), ref=ref, name=local_name(candidate.resolve()), **common)
 
     m = _GITHUB.match(path_part)
     if m:
@@ -313,12 +322,57 @@ def _unpack(archive: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
-def export_tree(repo: git.Repo, sha: str, dest: Path) -> Path:
-    """Write the files of `sha` (no .git) into `dest`."""
+def export_tree(repo: git.Repo, sha: str, dest: Path, log=lambda _m: None) -> Path:
+    """Write the files of `sha` (no .git) into `dest`.
+
+    A mirror that lacks some blobs (a partial or size-capped snapshot) cannot be archived whole; then the
+    tree is written blob by blob and the missing files are left out, with a log line naming them.
+    """
     buf = io.BytesIO()
-    repo.archive(buf, sha, format="tar")
-    buf.seek(0)
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        repo.archive(buf, sha, format="tar")
+    except git.GitCommandError:
+        missing = _export_blobs(repo, sha, dest)
+        log(f"the mirror lacks {len(missing)} file(s) of {sha[:12]}, left out: {missing[:20]}")
+        return dest
+    buf.seek(0)
     with tarfile.open(fileobj=buf) as tf:
         tf.extractall(dest, filter="tar")
     return dest
+
+
+def _export_blobs(repo: git.Repo, sha: str, dest: Path) -> list[str]:
+    listing = repo.git.ls_tree("-r", "-z", sha).split("\0")
+    entries = []
+    for item in filter(None, listing):
+        meta, path = item.split("\t", 1)
+        mode, kind, blob = meta.split()
+        if kind == "blob":
+            entries.append((mode, blob, path))
+    missing = []
+    proc = subprocess.Popen(["git", "-C", repo.git_dir, "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        for mode, blob, path in entries:
+            proc.stdin.write(f"{blob}\n".encode())
+            proc.stdin.flush()
+            header = proc.stdout.readline().decode().split()
+            if len(header) < 3 or header[1] != "blob":
+                missing.append(path)
+                continue
+            data = proc.stdout.read(int(header[2]))
+            proc.stdout.read(1)  # the newline after the content
+            target = (dest / path).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                continue  # a path that climbs out of the tree
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "120000":
+                target.symlink_to(data.decode())
+            else:
+                target.write_bytes(data)
+                if mode == "100755":
+                    target.chmod(0o755)
+    finally:
+        proc.stdin.close()
+        proc.wait()
+    return missing

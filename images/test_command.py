@@ -83,7 +83,9 @@ def test_command(root: Path, meta: Manifests, notes: list[str]) -> tuple[str, st
         command = base
         notes.append("tests: pytest testpaths from the project's config")
     else:
-        dirs = [d for d in ("tests", "test", "testing") if (root / d).is_dir()]
+        # Only folders with Python tests in them (a C++ project keeps its own tests/ beside py/tests/).
+        dirs = [d for d in ("tests", "test", "testing") if (root / d).is_dir() and any(
+            p.name.startswith("test") or p.name.endswith("_test.py") for p in (root / d).rglob("*.py"))]
         top = sorted(p.name for p in root.glob("test*.py") if p.is_file()) + sorted(p.name for p in root.glob("*_test.py"))
         targets = dirs + top
         command = base + "".join(f" {t}" for t in targets)

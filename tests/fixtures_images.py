@@ -157,15 +157,16 @@ packages = ["tinycalc"]
 def git_commit_all(path: Path, message: str) -> str:
     """Commit everything in `path` (a git repo) and return the new commit SHA."""
     # Fixed identity and dates: the same files give the same SHA in every session, so the content-addressed
-    # images of earlier sessions are reused instead of piling up.
+    # images of earlier sessions are reused instead of piling up. The date is a recent one because
+    # dependencies resolve as of the commit's date (images.history): 2025-01-15 resolves as of 2025-02-01.
     env = {
         **os.environ,
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@localhost",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@localhost",
-        "GIT_AUTHOR_DATE": "2001-01-01T00:00:00+0000",
-        "GIT_COMMITTER_DATE": "2001-01-01T00:00:00+0000",
+        "GIT_AUTHOR_DATE": "2025-01-15T00:00:00+0000",
+        "GIT_COMMITTER_DATE": "2025-01-15T00:00:00+0000",
     }
     subprocess.run(["git", "add", "-A"], cwd=path, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "--no-verify", "-m", message], cwd=path, check=True, env=env)

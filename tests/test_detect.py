@@ -125,7 +125,7 @@ def test_setup_py_literals_and_default_build_requirements(tmp_path):
         },
     )
     det = detect(tmp_path, spec(), AVAILABLE)
-    assert det.requirements[:2] == ["setuptools>=61", "wheel"]
+    assert det.requirements[:2] == ["setuptools>=40.8.0", "wheel"]  # pip's default without [build-system]
     assert {"six>=1.10", "mock", "nose2", "pytest"} <= set(det.requirements)
     assert "pyyaml" not in det.requirements
     # A unittest suite is run through pytest, and the record says which.
@@ -159,7 +159,7 @@ def test_overrides_win(tmp_path):
 def test_tree_without_packaging_is_not_installed(tmp_path):
     write(tmp_path, {"calc.py": "def f():\n    return 1\n", "test_calc.py": "from calc import f\n\ndef test_f():\n    assert f() == 1\n"})
     det = detect(tmp_path, spec(), AVAILABLE)
-    assert det.install == [] and det.requirements == ["pytest"]
+    assert det.install == [] and det.requirements == ["pytest", "pytest-timeout"]
     assert det.test_command == "python -m pytest --continue-on-collection-errors test_calc.py"
 
 
@@ -175,3 +175,10 @@ def test_plugins_named_by_pytest_addopts_join_the_dependencies(tmp_path):
     reqs = detect(tmp_path, spec(), AVAILABLE).requirements
     assert {"pytest-cov", "pytest-xdist", "pytest-mock>=3", "pytest-timeout"} <= set(reqs)
     assert reqs.count("pytest-timeout") == 1
+
+
+def test_a_tests_folder_without_python_tests_is_not_the_target(tmp_path):
+    write(tmp_path, {"setup.py": "from setuptools import setup\nsetup(name='k')\n", "tests/SolverTest.cpp": "int main(){}\n",
+                     "py/tests/test_solver.py": "def test_s():\n    pass\n"})
+    det = detect(tmp_path, spec(), AVAILABLE)
+    assert det.test_command == "python -m pytest --continue-on-collection-errors"  # pytest's own discovery finds py/tests

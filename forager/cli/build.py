@@ -8,10 +8,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from forager.cli import machine
 from forager.cli.ui import console, fail, interruptible, print_json, progress
 from forager.config import Settings
 from images.build import BuildOptions, build_list
 from images.catalog import load_records
+from images.history import expand_commits
 from images.sources import parse_list
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m|\[\d+m")
@@ -26,13 +28,17 @@ def _size(n: int | None) -> str:
 
 def _table(records, title: str) -> Table:
     table = Table(title=title, show_lines=False)
-    for col in ("repo", "status", "tests", "build s", "size", "tag / reason"):
+    for col in ("repo", "commit", "py", "status", "tests", "build s", "size", "tag / why (log)"):
         table.add_column(col, overflow="fold")
     for r in records:
         counted = r.tests_passed + r.tests_failed
         tests = f"{r.tests_passed}/{counted} ({r.tests_collected})" if r.tests_collected else "-"
+        if r.timed_out_tests:
+            tests += f" {len(r.timed_out_tests)} timed out"
         style = "green" if r.status == "ok" else "red"
-        table.add_row(r.repo, f"[{style}]{r.status}[/]", tests, f"{r.build_seconds:.0f}", _size(r.size_bytes), r.tag if r.status == "ok" else _ANSI.sub("", r.reason)[:60])
+        why = r.tag if r.status == "ok" else f"{_ANSI.sub('', r.reason)[:160]} ({r.log_path})"
+        table.add_row(r.repo, (r.commit or "-")[:10], r.python or "-", f"[{style}]{r.status}[/]", tests,
+                      f"{r.build_seconds:.0f}", _size(r.size_bytes), why)
     return table
 
 
@@ -44,16 +50,29 @@ def build_cmd(
     min_pass_rate: float = typer.Option(0.9, "--min-pass-rate", min=0.0, max=1.0, help="share of counted tests that must pass"),
     timeout: int = typer.Option(600, "--timeout", min=1, help="seconds per validation run of a test suite"),
     push: str | None = typer.Option(None, "--push", metavar="REGISTRY/PREFIX", help="tag and push ok images"),
+    commits: int = typer.Option(0, "--commits", min=0, metavar="N",
+                                help="build each entry at the parents of its last N commits that touched tests"),
+    per_test_timeout: int = typer.Option(60, "--per-test-timeout", min=0, help="seconds one test may run (0: no limit)"),
+    resolve_at: str = typer.Option("commit", "--resolve-at", help="dependencies as of the commit's date ('commit') or 'today'"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON summary on stdout"),
 ) -> None:
-    """Build, validate and catalog Docker images for every repository in a list."""
+    """Build, validate and catalog Docker images for every repository in a list (entries may be repo@commit)."""
     if not repos.is_file():
         fail(f"no such list file: {repos}", as_json, code=2)
+    if resolve_at not in ("commit", "today"):
+        fail(f"--resolve-at must be 'commit' or 'today', not {resolve_at!r}", as_json, code=2)
     specs, errors = parse_list(repos)
     for error in errors:
         console.print(f"[yellow]skipped malformed entry: {error}")
     settings = Settings.from_env()
-    options = BuildOptions(force=force, min_pass_rate=min_pass_rate, test_timeout=timeout, push=push)
+    if commits:
+        console.print(f"finding the parents of the last {commits} test-touching commits of {len(specs)} entries")
+        specs, notes = expand_commits(specs, settings.mirror_dir, commits)
+        for note in notes:
+            console.print(f"[cyan]commits[/] {note}")
+    options = BuildOptions(force=force, min_pass_rate=min_pass_rate, test_timeout=timeout, push=push,
+                           per_test_timeout=per_test_timeout or None, resolve_at=resolve_at,
+                           install_host_packages=lambda packages: machine.apt_install(packages, console.print))
     summary: dict = {}
     interruptible()  # SIGTERM unwinds: the sandboxes of builds in flight are removed
     with progress() as bar:

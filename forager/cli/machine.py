@@ -16,10 +16,11 @@ from urllib.parse import urlparse
 from agent.services import port_free, redis_command, redis_reachable
 from forager.cli import quota
 from forager.config import (
-    ENVSERVER_TOKEN_FILE, REDIS_PASSWORD_FILE, Settings, base_image_tag, ensure_secret, local_redis_url, masked,
+    DEFAULT_PYTHON, ENVSERVER_TOKEN_FILE, REDIS_PASSWORD_FILE, Settings, base_image_tag, ensure_secret,
+    local_redis_url, masked,
 )
 from forager.errors import SetupError
-from images.base import PartState, base_image_state, docker_client, ensure_base_image, image_exists
+from images.base import RELEASES, PartState, base_image_state, docker_client, ensure_base_image, image_exists
 
 Log = Callable[[str], None]
 
@@ -204,7 +205,17 @@ def disk_quota_state() -> PartState:
 # ---------------------------------------------------------------- entry points
 
 
-def check(settings: Settings) -> list[PartState]:
+def parse_pythons(text: str) -> list[str]:
+    """`--pythons all|3.9,3.13` -> the Pythons to make a base for, the default always among them."""
+    text = text.strip()
+    wanted = list(RELEASES) if text == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in RELEASES]
+    if unknown:
+        raise SetupError(f"no base can be made for Python {', '.join(unknown)}: choose among {', '.join(RELEASES)} or 'all'")
+    return [DEFAULT_PYTHON, *[v for v in wanted if v != DEFAULT_PYTHON]]
+
+
+def check(settings: Settings, pythons: list[str] = (DEFAULT_PYTHON,)) -> list[PartState]:
     """Report each part's state without changing anything."""
     parts = [
         PartState(name="platform", ok=_can_install() is None, detail=_can_install() or "Debian-like, root: can install what is missing"),
@@ -214,23 +225,24 @@ def check(settings: Settings) -> list[PartState]:
         PartState(name="redis", ok=redis_reachable(settings.redis_url), detail=masked(settings.redis_url)),
     ]
     if parts[2].ok:
-        parts.append(base_image_state(docker_client()))
+        parts += [base_image_state(docker_client(), python) for python in pythons]
         parts.append(disk_quota_state())
     else:
         parts.append(PartState(name="base_image", ok=False, detail="unknown: Docker engine not running"))
     return parts
 
 
-def setup(settings: Settings, log: Log = print) -> list[PartState]:
-    """Install and start what is missing; idempotent."""
+def setup(settings: Settings, log: Log = print, pythons: list[str] = (DEFAULT_PYTHON,)) -> list[PartState]:
+    """Install and start what is missing; make the base image of each Python asked for; idempotent."""
     settings.home.mkdir(parents=True, exist_ok=True)
     states = [ensure_docker(settings, log), ensure_redis(settings, log), ensure_envserver_token(settings)]
     client = docker_client()
-    existed = image_exists(client, base_image_tag())
-    tag = ensure_base_image(client, log=log, install=lambda packages: apt_install(packages, log))
-    state = base_image_state(client)
-    state.changed = not existed
-    states.append(state)
+    for python in pythons:
+        existed = image_exists(client, base_image_tag(python))
+        tag = ensure_base_image(client, python, log=log, install=lambda packages: apt_install(packages, log))
+        state = base_image_state(client, python)
+        state.changed = not existed
+        states.append(state)
+        log(f"base image ready: {tag}")
     states.append(disk_quota_state())
-    log(f"base image ready: {tag}")
     return states

@@ -139,7 +139,7 @@ def run_synthesis(
         baseline_outcomes = _outcomes(baseline.junit)
         if baseline_outcomes is None:
             raise SynthesisError(f"{record.repo}: the test suite wrote a malformed JUnit report")
-        passing = {t for t, o in baseline_outcomes.items() if o == "passed"} - set(record.flaky)
+        passing = {t for t, o in baseline_outcomes.items() if o == "passed"} - set(record.flaky) - set(record.timed_out_tests)
         if record.test_outcomes:
             passing &= {t for t, o in record.test_outcomes.items() if o == "passed"} or passing
         if not passing:
@@ -221,7 +221,8 @@ def _install_probe(box: DockerSandbox) -> None:
 def _baseline(box: DockerSandbox, record: ImageRecord, timeout: float | None):
     """One profiled run of the whole suite: outcomes plus {repo function: covering test ids}."""
     env = {"PYTHONPATH": PROBE_DIR, "FORAGER_PROBE_OUT": f"{PROBE_DIR}/hits.json"}
-    run = run_pytest(box, record.test_command, timeout or 1800, env=env, extra_args="-p forager_probe")
+    run = run_pytest(box, record.test_command, timeout or 1800, env=env, extra_args="-p forager_probe",
+                     per_test_timeout=record.per_test_timeout)
     if not run.junit:
         raise SynthesisError(f"{record.repo}: the test suite wrote no report (exit {run.exit_code}): {run.output[-800:]}")
     text = box.read_text(f"{PROBE_DIR}/hits.json")
@@ -260,7 +261,7 @@ def _validate(box, record, cand, original, tests, passing, timeout, test_files, 
             gate.record_fast(time.monotonic() - started, rejected)
             if rejected:
                 return "no_f2p", None
-        full = run_pytest(box, record.test_command, timeout, extra_args=NO_TRACEBACKS)
+        full = run_pytest(box, record.test_command, timeout, extra_args=NO_TRACEBACKS, per_test_timeout=record.per_test_timeout)
         if full.timed_out:
             return "timeout", None
         gate.record_full(full.seconds)
@@ -284,7 +285,8 @@ def _fast_run(box, record, tests, passing, timeout, gate) -> tuple[dict[str, str
     """Outcomes of only the covering tests (None when the run could not be matched to test ids)."""
     narrowed = narrow_command(record.test_command, tests) if gate.narrow is not False else None
     if narrowed:
-        run = run_pytest(box, narrowed, timeout, extra_args=f"-x {NO_TRACEBACKS}")  # collects only the named tests
+        # collects only the named tests
+        run = run_pytest(box, narrowed, timeout, extra_args=f"-x {NO_TRACEBACKS}", per_test_timeout=record.per_test_timeout)
         if run.timed_out:
             return None, True
         out = _outcomes(run.junit) or {}
@@ -295,7 +297,8 @@ def _fast_run(box, record, tests, passing, timeout, gate) -> tuple[dict[str, str
     select = f"{PROBE_DIR}/select.txt"
     box.write(select, "\n".join(tests) + "\n")
     env = {"PYTHONPATH": PROBE_DIR, "FORAGER_SELECT": select}
-    run = run_pytest(box, record.test_command, timeout, env=env, extra_args=f"-p forager_probe -x {NO_TRACEBACKS}")
+    run = run_pytest(box, record.test_command, timeout, env=env, extra_args=f"-p forager_probe -x {NO_TRACEBACKS}",
+                     per_test_timeout=record.per_test_timeout)
     if run.timed_out:
         return None, True
     out = _outcomes(run.junit) or {}
@@ -329,6 +332,7 @@ def _task(record, cand, original, f2p, p2p, junit, test_files, hide_tests) -> Ta
         fail_to_pass=f2p,
         pass_to_pass=p2p,
         gold_patch=gold_patch,
+        per_test_timeout=record.per_test_timeout,
         mutation=Mutation(operator=cand.operator, file=cand.file, function=cand.function,
                           lineno=cand.lineno, description=cand.description),
         hide_tests=hide_tests,
