@@ -42,6 +42,11 @@ PROBE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROBE_TIMEOUT = 60
 READ_LIMIT = 8 << 20  # files over this are hashed in the container (sha1sum) and never read or diffed
 KEPT_LIMIT = 1 << 20  # file versions up to this size are kept (by digest) to diff the next change against
+MAX_FILES = 50_000  # a tree past this is not walked every step: its steps record no state
+
+
+class TreeTooLarge(Exception):
+    """The workdir holds more than MAX_FILES files, or is / (no repository to watch)."""
 IGNORED_VARS = {"PWD", "OLDPWD", "SHLVL", "_"}  # follow from cwd, or change by themselves
 _EXPORT = re.compile(r'^(?:declare -[A-Za-z-]+|export) ([A-Za-z_][A-Za-z0-9_]*)(?:=("(?:[^"\\]|\\.)*"))?$', re.M | re.S)
 _UNESCAPE = re.compile(r'\\([\\"$`])')
@@ -192,11 +197,16 @@ class StateTracker:
 
     async def _walk(self) -> dict[str, tuple]:
         """{path: (type, mode, size, inode, mtime, ctime, link target)} of every file under the workdir."""
+        if self.workdir.rstrip("/") == "":
+            raise TreeTooLarge("the workdir is /: there is no repository to watch")
         prune = " -o ".join(["-path " + shlex.quote(self.workdir.rstrip("/") + "/.git")]
                             + [f"-name {shlex.quote(d)}" for d in sorted(patches.CACHE_DIRS)] + ["-name '*.egg-info'"])
         out = await self._run(f"find {shlex.quote(self.workdir)} -mindepth 1 \\( {prune} \\) -prune -o "
-                              r"\( -type f -o -type l \) -printf '%y %m %s %i %T@ %C@ %P\0%l\0' 2>/dev/null")
+                              r"\( -type f -o -type l \) -printf '%y %m %s %i %T@ %C@ %P\0%l\0' 2>/dev/null"
+                              f" | head -z -n {2 * MAX_FILES + 2}")
         fields = out.split(b"\0")
+        if len(fields) > 2 * MAX_FILES + 1:
+            raise TreeTooLarge(f"the workdir holds over {MAX_FILES} files")
         stats = {}
         for head, link in zip(fields[0::2], fields[1::2]):
             kind, mode, size, ino, mtime, ctime, path = head.decode(errors="surrogateescape").split(" ", 6)
