@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,9 +53,13 @@ def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
-def start_server(catalog: Path, pool: list[str]) -> tuple[subprocess.Popen, str]:
-    from tests.conftest import free_port
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
+
+def start_server(catalog: Path, pool: list[str]) -> tuple[subprocess.Popen, str]:
     port, home = free_port(), tempfile.mkdtemp(prefix="world-bench-")
     cmd = [sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port), "--catalog", str(catalog),
            "--server-id", f"world-bench-{os.getpid()}", "--max-envs", "128"]
