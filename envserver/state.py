@@ -98,20 +98,29 @@ class Baselines:
     async def entries(self, backend, key: str, container_id: str, workdir: str) -> dict[str, patches.Entry]:
         async with self._locks.setdefault(key, asyncio.Lock()):
             if key not in self._trees:
-                self._trees[key] = await asyncio.to_thread(self._read, backend, container_id, workdir)
+                self._trees[key] = read_tree_into(await asyncio.to_thread(_read, backend, container_id, workdir),
+                                                  self.contents)
                 while len(self._trees) > self.cached:
                     self._trees.popitem(last=False)
             self._trees.move_to_end(key)
             return self._trees[key]
 
-    def _read(self, backend, container_id: str, workdir: str) -> dict[str, patches.Entry]:
-        try:
-            entries, kept = patches.read_tree(backend.iter_tree(container_id, workdir), base={})
-        except FileNotFoundError:
-            return {}
-        for path, (_info, data) in kept.items():
-            self.contents.put(entries[path].digest, data)
-        return entries
+
+
+def _read(backend, container_id: str, workdir: str):
+    """(entries, kept contents) of a whole tree through the archive API (in a thread)."""
+    try:
+        return patches.read_tree(backend.iter_tree(container_id, workdir), base={})
+    except FileNotFoundError:
+        return {}, {}
+
+
+def read_tree_into(tree, contents: Contents) -> dict[str, patches.Entry]:
+    """Keep a tree's file versions (on the event loop: Contents is not shared with threads)."""
+    entries, kept = tree
+    for path, (_info, data) in kept.items():
+        contents.put(entries[path].digest, data)
+    return entries
 
 
 class StateTracker:
@@ -141,18 +150,10 @@ class StateTracker:
         if self.entries is None:
             self.entries = await load_entries()
         if set(stats) != set(self.entries):  # not the tree the shared baseline describes: read this one
-            self.entries = await asyncio.to_thread(self._read_own_tree)
+            tree = await asyncio.to_thread(_read, self.backend, self.container_id, self.workdir)
+            self.entries = read_tree_into(tree, self.contents)
         self.stats = stats
         self.cwd, self.exports = session.cwd, parse_exports(session.exports)
-
-    def _read_own_tree(self) -> dict[str, patches.Entry]:
-        try:
-            entries, kept = patches.read_tree(self.backend.iter_tree(self.container_id, self.workdir), base={})
-        except FileNotFoundError:
-            return {}
-        for path, (_info, data) in kept.items():
-            self.contents.put(entries[path].digest, data)
-        return entries
 
     async def record(self, session: BashSession) -> StateRecord:
         t0 = time.monotonic()
@@ -227,7 +228,7 @@ class StateTracker:
         root = shlex.quote(self.workdir)
         if small:
             names = " ".join(shlex.quote(p) for p in small)
-            data = await self._run(f"cd {root} && printf '%s\\0' {names} | tar --null --no-recursion -T - -cf - 2>/dev/null")
+            data = await self._run(f"cd {root} && printf '%s\\0' {names} | tar --null --no-recursion --hard-dereference -T - -cf - 2>/dev/null")
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 for member in tar:
                     if member.isfile():

@@ -116,13 +116,15 @@ async def fork(manager, source, req: ForkRequest) -> list:
 async def _restore_shell(env, cwd: str, exports_text: str) -> None:
     """Re-create the source's cwd and exported variables in the fork's fresh bash."""
     wanted, have = parse_exports(exports_text), parse_exports(env.session.exports)
-    lines = [f"builtin unset -v {name}" for name in sorted(have) if name not in wanted and name not in IGNORED_VARS]
-    lines += [f"builtin export {name}={shlex.quote(value)}" for name, value in sorted(wanted.items())
+    # One line each, errors ignored: a variable the source made readonly cannot be changed in the fork either.
+    lines = [f"builtin unset -v {name} 2>/dev/null" for name in sorted(have)
+             if name not in wanted and name not in IGNORED_VARS]
+    lines += [f"builtin export {name}={shlex.quote(value)} 2>/dev/null" for name, value in sorted(wanted.items())
               if name not in IGNORED_VARS and have.get(name) != value]
     lines.append(f"builtin cd -- {shlex.quote(cwd)}")
     result = await env.session.run("\n".join(lines), 30)
-    if result.exit_code != 0:
-        raise BadRequest(f"the fork's shell state could not be re-created: {result.output[-500:].decode(errors='replace')}")
+    if env.session.cwd != cwd:
+        raise BadRequest(f"the fork could not enter the source's cwd {cwd}: {result.output[-500:].decode(errors='replace')}")
 
 
 async def release_image(manager, image: str, env_id: str | None = None) -> None:
