@@ -202,9 +202,9 @@ class StateTracker:
             raise TreeTooLarge("the workdir is /: there is no repository to watch")
         prune = " -o ".join(["-path " + shlex.quote(self.workdir.rstrip("/") + "/.git")]
                             + [f"-name {shlex.quote(d)}" for d in sorted(patches.CACHE_DIRS)] + ["-name '*.egg-info'"])
+        # One process (no pipe to head: each fork costs in a loaded container); the probe's output is bounded.
         out = await self._run(f"find {shlex.quote(self.workdir)} -mindepth 1 \\( {prune} \\) -prune -o "
-                              r"\( -type f -o -type l \) -printf '%y %m %s %i %T@ %C@ %P\0%l\0' 2>/dev/null"
-                              f" | head -z -n {2 * MAX_FILES + 2}")
+                              r"\( -type f -o -type l \) -printf '%y %m %s %i %T@ %C@ %P\0%l\0' 2>/dev/null")
         fields = out.split(b"\0")
         if len(fields) > 2 * MAX_FILES + 1:
             raise TreeTooLarge(f"the workdir holds over {MAX_FILES} files")

@@ -86,8 +86,10 @@ async def fork(manager, source, req: ForkRequest) -> list:
     exports = source.session.exports
     await asyncio.to_thread(manager.backend.commit, source.container_id, image, labels)
     manager.fork_images[image] = set()
+    image_workdir, _ = await asyncio.to_thread(manager.backend.image_config, source.image)
+    workdir = None if source.workdir == image_workdir else source.workdir  # None: no stat of it to make
     started = await asyncio.gather(
-        *(manager._start_env(image, source.limits, ttl, source.workdir) for _ in range(req.count)),
+        *(manager._start_env(image, source.limits, ttl, workdir) for _ in range(req.count)),
         return_exceptions=True)
     forks = [e for e in started if not isinstance(e, BaseException)]
     for env in forks:
