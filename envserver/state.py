@@ -3,20 +3,21 @@
 After every shell/edit/create call the server records, in the tool's response (`StateRecord`):
 
 - files created, modified and deleted under the env's workdir, with a unified diff (capped per step), found
-  by a stat walk (`find -printf` of type, mode, size, inode, mtime and ctime) run by a *probe*: a second
-  persistent bash in the container, so the walk costs one round trip on an open socket and no exec. Only
-  files whose stat changed are read (one tar through the probe) and hashed; the rest keep their digests.
+  by a stat walk (type, mode, size, inode, mtime, ctime) done by a *probe* (probes.py): a small Python
+  process in the container (walker.py) that walks in-process and answers over the exec attach socket, so a
+  step costs one round trip and no process start (`find` through a bash session where python3 cannot run).
+  Only files whose stat changed are read and hashed; the rest keep their digests.
 - the shell's cwd and the exported variables that changed, from the agent's own session: its sentinel
   carries `$PWD` and `export -p` at no extra round trip.
 - `tree_digest`: sha256 over (git mode, content sha1, path) of every file, so two steps with the same digest
   left the repository in the same state, in any env.
 
 The walk leaves out `.git` and the caches envserver/patch.py names, as grading does. The record is
-observational (world-model data), not a security boundary: the agent can change what the probe runs (it is
-root in its env: it can replace `find` or `tar`, or kill the probe, which is then restarted and the step
-recorded as None). A change that keeps size, mtime, inode and ctime is not seen; ctime cannot be set from
-user space, but a clock change could. Grading never uses this record. The baseline (content digests of the untouched
-tree) is read once per (image, workdir, setup patch) through the archive API and shared by every env of it.
+observational (world-model data), not a security boundary: the agent is root in its env and can change what
+the probe runs (its python3, or `find`), or kill the probe (that step records None; a new probe starts). A
+change that keeps size, mtime, inode and ctime is not seen; ctime cannot be set from user space, but a clock
+change could. Grading never uses this record. The baseline (content digests of the untouched tree) is read
+once per (image, workdir, setup patch) through the archive API and shared by every env of it.
 """
 
 from __future__ import annotations
@@ -24,29 +25,19 @@ from __future__ import annotations
 import asyncio
 import difflib
 import hashlib
-import io
 import logging
 import re
-import shlex
-import tarfile
 import time
 from collections import OrderedDict
 
 from envserver import patch as patches
+from envserver import probes
 from envserver.models import StateRecord
+from envserver.probes import KEPT_LIMIT, TreeTooLarge  # noqa: F401  (named here for callers)
 from envserver.session import BashSession
 
 log = logging.getLogger("envserver")
 
-PROBE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"]
-PROBE_TIMEOUT = 60
-READ_LIMIT = 8 << 20  # files over this are hashed in the container (sha1sum) and never read or diffed
-KEPT_LIMIT = 1 << 20  # file versions up to this size are kept (by digest) to diff the next change against
-MAX_FILES = 50_000  # a tree past this is not walked every step: its steps record no state
-
-
-class TreeTooLarge(Exception):
-    """The workdir holds more than MAX_FILES files, or is / (no repository to watch)."""
 IGNORED_VARS = {"PWD", "OLDPWD", "SHLVL", "_"}  # follow from cwd, or change by themselves
 _EXPORT = re.compile(r'^(?:declare -[A-Za-z-]+|export) ([A-Za-z_][A-Za-z0-9_]*)(?:=("(?:[^"\\]|\\.)*"))?$', re.M | re.S)
 _UNESCAPE = re.compile(r'\\([\\"$`])')
@@ -129,7 +120,8 @@ class StateTracker:
     def __init__(self, backend, container_id: str, workdir: str, contents: Contents, diff_cap: int):
         self.backend, self.container_id, self.workdir = backend, container_id, workdir
         self.contents, self.diff_cap = contents, diff_cap
-        self.probe: BashSession | None = None
+        self.probe = None  # probes.PythonProbe, or probes.FindProbe where python3 cannot run
+        self._no_walker = False
         self.stats: dict[str, tuple] | None = None
         self.entries: dict[str, patches.Entry] | None = None
         self.cwd: str | None = None
@@ -160,7 +152,9 @@ class StateTracker:
         stats = await self._walk()
         old_stats, old_entries = self.stats or {}, self.entries or {}
         changed = sorted(p for p, sig in stats.items() if old_stats.get(p) != sig)
-        fresh = await self._digests(changed, stats)
+        fresh, kept = await self._digests(changed, stats)
+        for digest, data in kept.items():
+            self.contents.put(digest, data)
         for p in changed:
             if p not in fresh:  # gone between the walk and the read
                 del stats[p]
@@ -187,63 +181,32 @@ class StateTracker:
 
     # ------------------------------------------------------------------ the probe
 
-    async def _run(self, command: str) -> bytes:
+    async def _probe(self):
+        """The walker (a Python process in the env), or `find` through a bash session where it cannot run."""
         if self.probe is None:
-            self.probe = BashSession(self.backend, self.container_id, "/", "root", env=PROBE_ENV)
-            await self.probe.start()
-        result = await self.probe.run(command, PROBE_TIMEOUT)
-        if result.timed_out or result.session_ended:  # the probe was killed (by the agent's kill -9 -1?)
-            raise RuntimeError("the state probe did not finish")
-        return result.output
+            self.probe = await probes.start(self.backend, self.container_id, self.workdir, self.contents,
+                                            fallback=self._no_walker)
+            self._no_walker = isinstance(self.probe, probes.FindProbe)
+        return self.probe
 
     async def _walk(self) -> dict[str, tuple]:
-        """{path: (type, mode, size, inode, mtime, ctime, link target)} of every file under the workdir."""
-        if self.workdir.rstrip("/") == "":
-            raise TreeTooLarge("the workdir is /: there is no repository to watch")
-        prune = " -o ".join(["-path " + shlex.quote(self.workdir.rstrip("/") + "/.git")]
-                            + [f"-name {shlex.quote(d)}" for d in sorted(patches.CACHE_DIRS)] + ["-name '*.egg-info'"])
-        # One process (no pipe to head: each fork costs in a loaded container); the probe's output is bounded.
-        out = await self._run(f"find {shlex.quote(self.workdir)} -mindepth 1 \\( {prune} \\) -prune -o "
-                              r"\( -type f -o -type l \) -printf '%y %m %s %i %T@ %C@ %P\0%l\0' 2>/dev/null")
-        fields = out.split(b"\0")
-        if len(fields) > 2 * MAX_FILES + 1:
-            raise TreeTooLarge(f"the workdir holds over {MAX_FILES} files")
-        stats = {}
-        for head, link in zip(fields[0::2], fields[1::2]):
-            kind, mode, size, ino, mtime, ctime, path = head.decode(errors="surrogateescape").split(" ", 6)
-            if not patches.is_cache(path):
-                stats[path] = (kind, mode, size, ino, mtime, ctime, link.decode(errors="surrogateescape"))
-        return stats
+        try:
+            return await (await self._probe()).walk()
+        except (probes.ProbeDied, asyncio.TimeoutError, TimeoutError):
+            await self._drop_probe()  # killed (by the agent's kill -9 -1?): a new one next step, this step unknown
+            raise
 
-    async def _digests(self, paths: list[str], stats: dict[str, tuple]) -> dict[str, patches.Entry]:
-        """Entries of the changed paths: links from their target, files read (one tar) or hashed in place."""
-        entries: dict[str, patches.Entry] = {}
-        small, large = [], []
-        for p in paths:
-            kind, mode, size = stats[p][0], int(stats[p][1], 8), int(stats[p][2])
-            if kind == "l":
-                entries[p] = patches.Entry("l", 0o777, hashlib.sha1(stats[p][6].encode(errors="surrogateescape")).hexdigest())
-            else:
-                (large if size > READ_LIMIT else small).append(p)
-        root = shlex.quote(self.workdir)
-        if small:
-            names = " ".join(shlex.quote(p) for p in small)
-            data = await self._run(f"cd {root} && printf '%s\\0' {names} | tar --null --no-recursion --hard-dereference -T - -cf - 2>/dev/null")
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for member in tar:
-                    if member.isfile():
-                        content = tar.extractfile(member).read()
-                        digest = hashlib.sha1(content).hexdigest()
-                        self.contents.put(digest, content)
-                        entries[member.name] = patches.Entry("f", 0o755 if member.mode & 0o111 else 0o644, digest)
-        if large:
-            out = await self._run(f"cd {root} && sha1sum -z -- {' '.join(shlex.quote(p) for p in large)} 2>/dev/null")
-            for line in out.split(b"\0"):
-                digest, _, path = line.decode(errors="surrogateescape").partition("  ")
-                if path:
-                    mode = int(stats[path][1], 8)
-                    entries[path] = patches.Entry("f", 0o755 if mode & 0o111 else 0o644, digest)
-        return entries
+    async def _digests(self, paths: list[str], stats: dict[str, tuple]):
+        try:
+            return await (await self._probe()).digests(paths, stats)
+        except (probes.ProbeDied, asyncio.TimeoutError, TimeoutError):
+            await self._drop_probe()
+            raise
+
+    async def _drop_probe(self) -> None:
+        if self.probe is not None:
+            await self.probe.close()
+            self.probe = None
 
     def _diff(self, old: dict[str, patches.Entry], new: dict[str, patches.Entry], paths: list[str]) -> str:
         parts = []

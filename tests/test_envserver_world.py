@@ -125,3 +125,50 @@ def test_forks_are_never_leaked(docker_client, envtest_image, tmp_path):
         stop_envserver(second)  # a clean stop removes envs, forks and their images
     assert containers_of(docker_client, server_id) == []
     assert not docker_client.api.images(filters={"label": f"forager.fork-image={server_id}"})
+
+
+def test_the_find_probe_records_what_the_walker_does_and_a_killed_probe_comes_back(envserver, envtest_image):
+    """Images without python3 get the `find` probe: same digests. The agent may kill the probe: that step
+    records nothing, the next one records again."""
+    import asyncio
+    import time
+
+    from envserver.docker_backend import Backend
+    from envserver.session import BashSession
+    from envserver.state import Contents, StateTracker
+
+    async def digests(no_walker: bool) -> list[str]:
+        backend = Backend()
+        cid, _ = backend.start_container(envtest_image, labels={"forager.kind": "test", "forager.expires": str(
+            int(time.time()) + 300)}, cpus=1, memory_mb=512, pids=128)
+        try:
+            session = BashSession(backend, cid, "/repo")
+            await session.start()
+            tracker = StateTracker(backend, cid, "/repo", Contents(), 65536)
+            tracker._no_walker = no_walker
+
+            async def no_baseline():
+                return {}  # differs from the tree: the tracker reads its own
+
+            await tracker.ensure_baseline(session, no_baseline)
+            out = []
+            for cmd in ("true", "printf 'x\\n' > n.txt && ln -s n.txt link && chmod +x calc.py", "rm tabs.py"):
+                await session.run(cmd, 30)
+                out.append((await tracker.record(session)).tree_digest)
+            assert type(tracker.probe).__name__ == ("FindProbe" if no_walker else "PythonProbe")
+            return out
+        finally:
+            backend.remove(cid)
+
+    walker, find = asyncio.run(digests(False)), asyncio.run(digests(True))
+    assert walker == find and len(set(walker)) == 3
+
+    with envserver.client() as c:
+        env = c.create_env(envtest_image, ttl=300)
+        try:
+            before = c.shell(env.id, "true").state.tree_digest
+            c.shell(env.id, "kill -9 -1; sleep 1")  # takes the probe down with everything else
+            after = c.shell(env.id, "echo y > y.txt").state
+            assert after is not None and after.files_created == ["y.txt"] and after.tree_digest != before
+        finally:
+            c.delete_env(env.id)
