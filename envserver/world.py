@@ -110,6 +110,7 @@ async def fork(manager, source, req: ForkRequest) -> list:
         env.base_commit, env.setup_patch, env.grading = source.base_commit, source.setup_patch, source.grading
         env.labels = {**source.labels, **req.labels, LABEL_FORK_OF: source.id}
         env.fork_of, env.created_at, env.expires_at = source.id, now, now + ttl
+        env.outputs = source.outputs  # cut outputs are saved as /tmp/forager-output/<n>.log: n goes on as in the source
         env.tracker = source.tracker.clone_for(env.container_id) if source.tracker is not None else None
         manager.envs[env.id] = env
     return forks
