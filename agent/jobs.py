@@ -29,6 +29,7 @@ from agent.status import RESULTS_KEY, record_result
 from envserver.client import EnvClient
 from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized, UnknownEnv
 from forager.config import Settings
+from forager.episodes.branching import ROOT, BranchPlan, run_branching_episode
 from forager.episodes.loop import run_episode
 from forager.episodes.policies import OpenAIConfig, OracleConfig, load_policy_config
 from forager.errors import EpisodeInfraError, InfraError
@@ -48,6 +49,14 @@ class EpisodeSpec:
     policy: OracleConfig | OpenAIConfig
     max_turns: int = 30
     episode_timeout: int = 1800
+    branching: BranchPlan | None = None  # a branching collection: each job writes a tree of trajectories
+
+    def job_kwargs(self) -> dict[str, Any]:
+        kwargs = {"policy": self.policy.model_dump(mode="json"), "max_turns": self.max_turns,
+                  "episode_timeout": self.episode_timeout}
+        if self.branching is not None:  # only then, so a plain collection's jobs stay as they were
+            kwargs["branching"] = self.branching.model_dump(mode="json")
+        return kwargs
 
 
 def collection_name(policy: str, model: str | None) -> str:
@@ -64,16 +73,18 @@ def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSp
     name, model = spec.policy.name, spec.policy.model
     specs: list[JobSpec] = []
     traj_ids: dict[str, str] = {}
+    branch = ROOT if spec.branching else None
     for task in tasks:
         for attempt in range(attempts):
-            job_id = episode_job_id(task.id, attempt, name, model)
-            traj_ids[job_id] = trajectory_id(task.id, attempt, name, model)
+            job_id = episode_job_id(task.id, attempt, name, model) + ("-tree" if branch else "")
+            traj_ids[job_id] = trajectory_id(task.id, attempt, name, model, branch=branch)
             specs.append(JobSpec(
                 JOB_FUNC,
-                {"task": task.model_dump(mode="json"), "attempt": attempt, "policy": spec.policy.model_dump(mode="json"),
-                 "collection": collection, "max_turns": spec.max_turns, "episode_timeout": spec.episode_timeout},
+                {"task": task.model_dump(mode="json"), "attempt": attempt, "collection": collection,
+                 **spec.job_kwargs()},
                 job_id,
-                timeout=spec.episode_timeout + JOB_TIMEOUT_MARGIN,
+                # a tree runs its branches one after another, each with the episode's budget
+                timeout=(spec.episode_timeout + JOB_TIMEOUT_MARGIN) * (1 + _branch_count(spec.branching)),
                 retries=len(settings.retry_intervals),
                 intervals=settings.retry_intervals,
                 description=f"{task.id} attempt {attempt} ({name})",
@@ -101,8 +112,12 @@ def enqueue_episodes(conn, tasks: Iterable[Task], attempts: int, spec: EpisodeSp
 # ---------------------------------------------------------------- worker side
 
 
+def _branch_count(plan: BranchPlan | None) -> int:
+    return len(plan.at) * plan.branches if plan else 0
+
+
 def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, collection: str | None = None,
-                    max_turns: int = 30, episode_timeout: int = 1800) -> dict[str, Any]:
+                    max_turns: int = 30, episode_timeout: int = 1800, branching: dict | None = None) -> dict[str, Any]:
     settings = Settings.from_env()  # a job is an entry point: the worker's host decides where things are
     config = load_policy_config(policy or {"name": "oracle"})
     task_obj = Task.model_validate(task)
@@ -114,7 +129,8 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
         job.save_meta()
     log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=config.name, attempt_try=tries)
     store = TrajectoryStore(settings.trajectories_dir)
-    traj_id = trajectory_id(task_obj.id, attempt, config.name, config.model)
+    plan = BranchPlan.model_validate(branching) if branching else None
+    traj_id = trajectory_id(task_obj.id, attempt, config.name, config.model, branch=ROOT if plan else None)
     log("start", trajectory=traj_id, envserver=settings.envserver_url)
 
     if store.exists(traj_id):  # an earlier try wrote it and died before reporting
@@ -130,9 +146,14 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
             removed = remove_leftovers(client, job_id)
             if removed:
                 log("leftovers_removed", envs=removed)
-        traj = run_episode(task_obj, config.make(settings), client, attempt=attempt, max_turns=max_turns,
-                           wall_clock=episode_timeout, trajectory_id=traj_id, raise_infra=True,
-                           env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
+        options = dict(max_turns=max_turns, wall_clock=episode_timeout, raise_infra=True,
+                       env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
+        if plan is not None:
+            traj, *branches = run_branching_episode(task_obj, config.make(settings), client, plan, attempt=attempt,
+                                                    **options)
+        else:
+            traj, branches = run_episode(task_obj, config.make(settings), client, attempt=attempt,
+                                         trajectory_id=traj_id, **options), []
     except (EnvServerError, EpisodeInfraError) as exc:
         cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
         error = f"{type(cause).__name__}: {cause}"
@@ -147,8 +168,12 @@ def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, co
         log("error", error=f"{type(exc).__name__}: {exc}")
         raise
 
+    for branch in branches:  # before the parent: a written parent means its whole tree is written
+        store.write(branch)
     store.write(traj)
     summary = summarize(traj)
+    if plan is not None:
+        summary["branches"] = len(branches)
     summary["job_seconds"] = round(time.monotonic() - started, 3)
     _report(job, job_id, summary)
     log("done", **summary)

@@ -2,6 +2,7 @@
 
   1. shell round trip through the server (HTTP + persistent bash session) vs one `docker exec`
      of the same command (the CLI, and the SDK's exec_run, which skips the CLI's start-up);
+     (the transport with the state record off; the same with it on is printed beside it);
   2. env acquire from the warm pool (POST /envs) vs a cold `docker run` of the same image;
   3. N concurrent envs (default 64), each driven by its own async client doing M shell steps.
 
@@ -84,8 +85,16 @@ def wait_pool(client: EnvClient, image: str, at_least: int) -> None:
 
 
 def bench_round_trip(client: EnvClient, dclient, image: str, rounds: int, baseline_rounds: int) -> dict:
-    env = client.create_env(image)
+    # The transport alone (no state record); the same with the record, in an env of the same image.
+    env = client.create_env(image, record_state=False)
+    recorded = client.create_env(image)
     try:
+        with_state = []
+        for i in range(rounds // 5 + 20):
+            t0 = time.perf_counter()
+            client.shell(recorded.id, COMMAND)
+            if i >= 20:  # after the first steps (its baseline, the probe's start)
+                with_state.append(time.perf_counter() - t0)
         for _ in range(20):
             client.shell(env.id, COMMAND)  # warm the connection and the session
         server = []
@@ -107,9 +116,11 @@ def bench_round_trip(client: EnvClient, dclient, image: str, rounds: int, baseli
             assert out == b"hello\n"
     finally:
         client.delete_env(env.id)
+        client.delete_env(recorded.id)
     p50 = pct(server, 0.5)
     return {
         "shell_p50_ms": ms(p50), "shell_p99_ms": ms(pct(server, 0.99)),
+        "shell_with_state_p50_ms": ms(pct(with_state, 0.5)),
         "docker_exec_cli_p50_ms": ms(pct(cli, 0.5)), "docker_exec_sdk_p50_ms": ms(pct(sdk, 0.5)),
         "speedup_vs_docker_exec_cli": round(pct(cli, 0.5) / p50, 1),
         "speedup_vs_docker_exec_sdk": round(pct(sdk, 0.5) / p50, 1),
@@ -214,7 +225,8 @@ def main() -> None:
     try:
         with EnvClient(url, token=TOKEN) as client:
             rt = bench_round_trip(client, dclient, args.image, args.rounds, args.baseline_rounds)
-            print(f"shell round trip   p50 {rt['shell_p50_ms']} ms  p99 {rt['shell_p99_ms']} ms  | docker exec CLI p50 "
+            print(f"shell round trip   p50 {rt['shell_p50_ms']} ms  p99 {rt['shell_p99_ms']} ms  (with the state record "
+                  f"p50 {rt['shell_with_state_p50_ms']} ms)  | docker exec CLI p50 "
                   f"{rt['docker_exec_cli_p50_ms']} ms ({rt['speedup_vs_docker_exec_cli']}x), SDK exec_run p50 "
                   f"{rt['docker_exec_sdk_p50_ms']} ms ({rt['speedup_vs_docker_exec_sdk']}x)")
             figures.update(rt)

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from envserver import tools
+from envserver import tools, world
 from envserver.config import ServerConfig
 from envserver.docker_backend import Backend
 from envserver.envs import Env, Manager
@@ -27,6 +27,7 @@ from envserver.models import (
     EnvInfo,
     ErrorResponse,
     FileToolResponse,
+    ForkRequest,
     ShellRequest,
     ShellResponse,
     SubmitResponse,
@@ -140,8 +141,11 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
         timeout = min(req.timeout or config.default_timeout, config.max_timeout)
 
         async def work(env: Env):
+            await world.before_step(mgr(), env)
             env.outputs += 1
-            return await tools.shell(mgr().backend, env.session, req, timeout, config.output_cap, env.outputs)
+            result = await tools.shell(mgr().backend, env.session, req, timeout, config.output_cap, env.outputs)
+            result.state = await world.after_step(env)
+            return result
 
         return await run_tool(env_id, "shell", work)
 
@@ -153,7 +157,10 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.post("/envs/{env_id}/edit", response_model=FileToolResponse)
     async def edit(env_id: str, req: EditRequest):
         async def work(env: Env):
-            return await tools.edit(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
+            await world.before_step(mgr(), env)
+            result = await tools.edit(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
+            result.state = await world.after_step(env)
+            return result
 
         result = await run_tool(env_id, "edit", work)
         if not result.ok:
@@ -163,12 +170,26 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> FastAPI:
     @app.post("/envs/{env_id}/create", response_model=FileToolResponse)
     async def create_file(env_id: str, req: CreateFileRequest):
         async def work(env: Env):
-            return await tools.create(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
+            await world.before_step(mgr(), env)
+            result = await tools.create(mgr().backend, env.container_id, env.workdir, req, config.max_file_bytes)
+            result.state = await world.after_step(env)
+            return result
 
         result = await run_tool(env_id, "create", work)
         if not result.ok:
             metrics.tool_errors.labels("create").inc()
         return result
+
+    @app.post("/envs/{env_id}/fork", response_model=list[EnvInfo], status_code=201)
+    async def fork_env(env_id: str, req: ForkRequest):
+        """New envs with this env's files, cwd and exported variables (and grading state); it keeps running."""
+        source = mgr().live(env_id)
+        async with source.lock:  # no step of the source runs while it is committed
+            source = mgr().live(env_id)
+            with metrics.step("fork"):
+                forks = await world.fork(mgr(), source, req)
+        metrics.envs_created.labels("fork").inc(len(forks))
+        return [f.info() for f in forks]
 
     @app.post("/envs/{env_id}/submit", response_model=SubmitResponse)
     async def submit(env_id: str):

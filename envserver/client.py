@@ -104,9 +104,10 @@ class EnvClient:
     def create_env(
         self, image: str, *, limits: Limits | None = None, ttl: int | None = None, workdir: str | None = None,
         setup_patch: str = "", grading: GradingSpec | None = None, labels: dict[str, str] | None = None,
+        record_state: bool | None = None,
     ) -> EnvInfo:
         body = _create_body(image, **_given(limits=limits, ttl=ttl, workdir=workdir, setup_patch=setup_patch,
-                                            grading=grading, labels=labels))
+                                            grading=grading, labels=labels, record_state=record_state))
         return EnvInfo.model_validate(self._call("POST", "/envs", body))
 
     def list_envs(self) -> list[EnvInfo]:
@@ -117,6 +118,12 @@ class EnvClient:
 
     def delete_env(self, env_id: str) -> None:
         self._call("DELETE", f"/envs/{env_id}")
+
+    def fork(self, env_id: str, count: int = 1, *, ttl: int | None = None,
+             labels: dict[str, str] | None = None) -> list[EnvInfo]:
+        """`count` new envs with this env's files, cwd and exported variables (the source keeps running)."""
+        body = _given(count=count, ttl=ttl, labels=labels)
+        return [EnvInfo.model_validate(e) for e in self._call("POST", f"/envs/{env_id}/fork", body)]
 
     def shell(self, env_id: str, command: str, timeout: float | None = None) -> ShellResponse:
         body = {"command": command} if timeout is None else {"command": command, "timeout": timeout}
@@ -167,9 +174,10 @@ class AsyncEnvClient:
     async def create_env(
         self, image: str, *, limits: Limits | None = None, ttl: int | None = None, workdir: str | None = None,
         setup_patch: str = "", grading: GradingSpec | None = None, labels: dict[str, str] | None = None,
+        record_state: bool | None = None,
     ) -> EnvInfo:
         body = _create_body(image, **_given(limits=limits, ttl=ttl, workdir=workdir, setup_patch=setup_patch,
-                                            grading=grading, labels=labels))
+                                            grading=grading, labels=labels, record_state=record_state))
         return EnvInfo.model_validate(await self._call("POST", "/envs", body))
 
     async def list_envs(self) -> list[EnvInfo]:
@@ -180,6 +188,11 @@ class AsyncEnvClient:
 
     async def delete_env(self, env_id: str) -> None:
         await self._call("DELETE", f"/envs/{env_id}")
+
+    async def fork(self, env_id: str, count: int = 1, *, ttl: int | None = None,
+                   labels: dict[str, str] | None = None) -> list[EnvInfo]:
+        body = _given(count=count, ttl=ttl, labels=labels)
+        return [EnvInfo.model_validate(e) for e in await self._call("POST", f"/envs/{env_id}/fork", body)]
 
     async def shell(self, env_id: str, command: str, timeout: float | None = None) -> ShellResponse:
         body = {"command": command} if timeout is None else {"command": command, "timeout": timeout}

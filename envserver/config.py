@@ -51,6 +51,8 @@ class ServerConfig(BaseModel):
     )
     require_disk_quota: bool = Field(default=False, description="refuse to start where envs cannot get a disk quota")
     docker_threads: int = Field(default=64, ge=4, description="threads for blocking Docker API calls")
+    record_state: bool = Field(default=True, description="record what each tool call changed (envs may opt out)")
+    state_diff_cap: int = Field(default=64 * 1024, ge=1024, description="bytes of a step's diff kept in its state record")
 
     def resolved_server_id(self) -> str:
         return self.server_id or f"{socket.gethostname()}-{self.port}"

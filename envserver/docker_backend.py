@@ -26,7 +26,7 @@ import docker
 import docker.errors
 import requests
 
-from envserver import archive
+from envserver import archive, docker_images
 from envserver.archive import FileStat  # noqa: F401  (the stat() return type, named here for callers)
 from envserver.errors import BadRequest, DockerUnavailable, EnvGone
 from envserver.output import KILLED, OUTPUT_CAP, CappedOutput, RunResult
@@ -188,8 +188,11 @@ class Backend:
             return None
 
     def is_running(self, container_id: str) -> bool:
-        state = self.state(container_id)
-        return bool(state and state.get("Running"))
+        return bool((state := self.state(container_id)) and state.get("Running"))
+
+    commit = _docker_errors(docker_images.commit)  # forks (envserver/world.py)
+    list_images = _docker_errors(docker_images.list_images)
+    remove_image = _docker_errors(docker_images.remove_image)
 
     @_docker_errors
     def cpu_seconds(self, container_id: str) -> float:

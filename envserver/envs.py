@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from envserver import grading
+from envserver import grading, world
 from envserver.allowlist import AllowList
 from envserver.config import ServerConfig
 from envserver.docker_backend import Backend
@@ -24,6 +24,7 @@ from envserver.errors import BadRequest, EnvBroken, EnvGone, ImageNotAllowed, Un
 from envserver.models import CreateEnvRequest, EnvInfo, GradingSpec, Limits, SubmitResponse
 from envserver.pool import WarmPool
 from envserver.session import BashSession, SessionDied
+from envserver.state import Baselines, Contents, StateTracker
 
 log = logging.getLogger("envserver")
 
@@ -53,19 +54,22 @@ class Env:
     outputs: int = 0
     from_pool: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    limits: Limits | None = None
+    tracker: StateTracker | None = None  # records what each step changed (envserver/state.py)
+    fork_of: str | None = None
+    fork_image: str | None = None  # the committed image this fork's container runs (envserver/world.py)
 
     def info(self) -> EnvInfo:
         return EnvInfo(
             id=self.id, image=self.image, container_id=self.container_id, status=self.status,
             created_at=self.created_at, expires_at=self.expires_at, workdir=self.workdir,
             base_commit=self.base_commit, labels=self.labels, gradable=self.grading is not None,
+            fork_of=self.fork_of, cwd=self.session.cwd,
         )
 
 
 @dataclass(eq=False)
-class Grader:
-    """A fresh container of an image that grades one submission, then is removed."""
-
+class Grader:  # a fresh container of an image that grades one submission, then is removed
     id: str
     image: str
     container_id: str
@@ -83,6 +87,9 @@ class Manager:
         self.pool = WarmPool(self._start_env, self._remove_env, config.pool_fill_parallel)
         self.graders = WarmPool(self._start_grader, self._remove_grader, config.pool_fill_parallel)
         self.facts: OrderedDict[str, grading.ImageFacts] = OrderedDict()  # image id -> facts (images never change)
+        self.contents = Contents()
+        self.baselines = Baselines(self.contents)  # untouched trees' digests, for the state record
+        self.fork_images: dict[str, set[str]] = {}  # committed fork image -> ids of the envs running it
         self._by_container: dict[str, Env] = {}
         self._graders: dict[str, Grader] = {}
         self._background: set[asyncio.Task] = set()
@@ -96,6 +103,7 @@ class Manager:
         await asyncio.to_thread(self.backend.ping)
         # Whatever an earlier run with our id left (kill -9, power loss): nothing of it is ours any more.
         self.startup_removed = await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)
+        await world.remove_fork_images(self, lambda labels: labels.get(world.LABEL_FORK_IMAGE) == self.server_id)
         loop = asyncio.get_running_loop()
         self._stop_events = self.backend.watch_deaths(
             f"{LABEL_SERVER}={self.server_id}", lambda cid: loop.call_soon_threadsafe(self._container_died, cid)
@@ -116,6 +124,8 @@ class Manager:
         await asyncio.gather(*(self._remove_env(e) for e in envs), *(self._remove_grader(g) for g in graders),
                              *self._background, return_exceptions=True)
         await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)  # anything half-started
+        self.fork_images.clear()
+        await world.remove_fork_images(self, lambda labels: labels.get(world.LABEL_FORK_IMAGE) == self.server_id)
 
     # ------------------------------------------------------------------ envs
 
@@ -146,6 +156,9 @@ class Manager:
         now = time.time()
         env.created_at, env.expires_at = now, now + req.ttl
         env.labels, env.grading, env.setup_patch = dict(req.labels), req.grading, req.setup_patch
+        env.limits = req.limits
+        if req.record_state and self.config.record_state:
+            env.tracker = world.tracker_for(self, env)
         if req.grading is not None and self.config.grading_pool_size:
             self.graders.want(req.image, self.config.grading_pool_size)  # its submit finds a fresh container ready
         self.envs[env.id] = env
@@ -302,11 +315,15 @@ class Manager:
     async def _remove_env(self, env: Env) -> None:
         env.status = "gone"
         await env.session.close()
+        if env.tracker is not None:
+            await env.tracker.close()
         self._by_container.pop(env.container_id, None)
         try:
             await asyncio.to_thread(self.backend.remove, env.container_id)
         finally:
             self.owned.discard(env.id)
+            if env.fork_image:
+                await world.release_image(self, env.fork_image, env.id)
 
     def _container_died(self, container_id: str) -> None:
         grader = self._graders.get(container_id)
@@ -323,8 +340,7 @@ class Manager:
             asyncio.get_running_loop().create_task(self._mark_dead(env))
 
     async def _mark_dead(self, env: Env) -> None:
-        reason, broken = await self.why_dead(env)
-        self.mark_gone(env, reason, broken)
+        self.mark_gone(env, *(await self.why_dead(env)))
 
     def _ours(self, container: dict) -> bool:
         return container["labels"].get(LABEL_SERVER) == self.server_id
@@ -357,18 +373,23 @@ class Manager:
             if labels.get(LABEL_SERVER) == self.server_id:
                 return labels.get(LABEL_ENV) not in self.owned
             # Anyone else's container (another server's, or a tool's sandbox) only once its own expiry passed.
-            try:
-                return float(labels.get(LABEL_EXPIRES, "inf")) < now
-            except ValueError:
-                return False
+            return _expired(labels, now)
 
-        return len(expired) + await self._remove_labelled(LABEL_EXPIRES, stray)
+        removed = len(expired) + await self._remove_labelled(LABEL_EXPIRES, stray)
+        return removed + await world.remove_fork_images(self, lambda labels: _expired(labels, now))
 
     async def _remove_labelled(self, label: str, pick) -> int:
         containers = await asyncio.to_thread(self.backend.list_labelled, label)
         mine = [c for c in containers if pick(c)]
         await asyncio.gather(*(asyncio.to_thread(self.backend.remove, c["id"]) for c in mine), return_exceptions=True)
         return len(mine)
+
+
+def _expired(labels: dict, now: float) -> bool:
+    try:
+        return float(labels.get(LABEL_EXPIRES, "inf")) < now
+    except ValueError:
+        return False
 
 
 async def _settled(future: asyncio.Future):

@@ -45,6 +45,15 @@ class CreateEnvRequest(BaseModel):
     )
     grading: GradingSpec | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="free-form, e.g. task id")
+    record_state: bool = Field(default=True, description="record what each tool call changed (StateRecord)")
+
+
+class ForkRequest(BaseModel):
+    """POST /envs/{id}/fork: `count` new envs with the source's files, cwd and exported variables."""
+
+    count: int = Field(default=1, ge=1, le=64)
+    ttl: int | None = Field(default=None, ge=10, le=86400, description="default: the source's remaining ttl")
+    labels: dict[str, str] = Field(default_factory=dict, description="added to the source's labels")
 
 
 class EnvInfo(BaseModel):
@@ -58,6 +67,26 @@ class EnvInfo(BaseModel):
     base_commit: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     gradable: bool = False
+    fork_of: str | None = Field(default=None, description="the env this one was forked from")
+    cwd: str | None = None
+
+
+class StateRecord(BaseModel):
+    """What one tool call changed in the env (observational world-model data, not a security boundary: the
+    agent can hide a change from the stat walk by restoring a file's size, mtime and inode). Mirrors
+    forager.models.StateChange."""
+
+    files_created: list[str] = Field(default_factory=list)
+    files_modified: list[str] = Field(default_factory=list)
+    files_deleted: list[str] = Field(default_factory=list)
+    diff: str = Field(default="", description="unified diff of the repository change, capped")
+    diff_truncated: bool = False
+    diff_bytes: int = 0
+    cwd: str | None = None
+    cwd_changed: bool = False
+    env_changed: dict[str, str | None] = Field(default_factory=dict, description="exported variables (None: unset)")
+    tree_digest: str = ""
+    seconds: float = 0.0
 
 
 class ShellRequest(BaseModel):
@@ -72,6 +101,7 @@ class ShellResponse(BaseModel):
     truncated: bool = False
     full_output_path: str | None = Field(default=None, description="file inside the env holding the uncut output")
     duration: float = 0.0
+    state: StateRecord | None = Field(default=None, description="what the command changed (None: not recorded)")
 
 
 class EditRequest(BaseModel):
@@ -90,6 +120,7 @@ class FileToolResponse(BaseModel):
 
     ok: bool
     output: str = Field(description="snippet on success, the error message the agent should read otherwise")
+    state: StateRecord | None = None
 
 
 class SubmitResponse(BaseModel):

@@ -31,7 +31,10 @@ MAX_KEPT = 64 * 1024 * 1024
 
 INLINE_LIMIT = 16 * 1024  # characters of command sent down the socket; longer ones travel as a file
 
-SESSION_ENV = ["PAGER=cat", "GIT_PAGER=cat", "MANPAGER=cat", "TERM=dumb", "PIP_PROGRESS_BAR=off"]
+# PYTHONHASHSEED, TZ and LC_ALL make the same command print the same thing in every env (replay, docs/world.md):
+# set iteration order, dates and sort order would otherwise vary from env to env.
+SESSION_ENV = ["PAGER=cat", "GIT_PAGER=cat", "MANPAGER=cat", "TERM=dumb", "PIP_PROGRESS_BAR=off",
+               "PYTHONHASHSEED=0", "TZ=UTC", "LC_ALL=C.UTF-8", "LANG=C.UTF-8"]
 
 # Kills the session's process group, then anything else still in the session (a job that made its
 # own group with `set -m`). Runs as a separate exec, as root.
@@ -94,6 +97,7 @@ class Output:
         self.head = b""
         self.buf = bytearray(initial)
         self.dropped = 0
+        self.shifted = 0  # bytes removed from the front of buf so far (moved to head, or dropped)
 
     def add(self, data: bytes) -> None:
         self.buf += data
@@ -101,10 +105,12 @@ class Output:
             if not self.head:
                 self.head = bytes(self.buf[: MAX_KEPT // 2])
                 del self.buf[: MAX_KEPT // 2]
+                self.shifted += MAX_KEPT // 2
             extra = len(self.buf) - MAX_KEPT // 2
             if extra > 0:
                 del self.buf[:extra]
                 self.dropped += extra
+                self.shifted += extra
 
     def text(self) -> bytes:
         if not self.head:
@@ -113,8 +119,10 @@ class Output:
 
 
 class BashSession:
-    def __init__(self, backend: Backend, container_id: str, cwd: str, user: str | None = None):
+    def __init__(self, backend: Backend, container_id: str, cwd: str, user: str | None = None,
+                 env: list[str] | None = None):
         self.backend = backend
+        self.env = SESSION_ENV if env is None else env
         self.container_id = container_id
         self.cwd = cwd
         self.user = user
@@ -124,10 +132,11 @@ class BashSession:
         self._exec_id: str | None = None
         self._pending = b""  # bytes read past the last sentinel (background jobs' output)
         self._clean = False  # False while a command is in flight or after an interrupted read
+        self.exports = ""  # `export -p` as of the last sentinel: the shell's exported variables (state record, forks)
 
     async def start(self) -> None:
         try:
-            exec_id, sock = await asyncio.to_thread(self.backend.attach_bash, self.container_id, self.user, SESSION_ENV)
+            exec_id, sock = await asyncio.to_thread(self.backend.attach_bash, self.container_id, self.user, self.env)
         except BadRequest as exc:  # Docker refused the exec: bash is gone from a running container
             raise SessionDied(f"bash could not start: {exc}") from exc
         self._exec_id = exec_id
@@ -177,24 +186,33 @@ class BashSession:
 
     async def _read_until(self, token: str, out: Output) -> tuple[int, str]:
         marker = f"\n__FORAGER_{token}__ ".encode()
+        end_marker = f"__FORAGER_{token}_END__\n".encode()
         # Only the newest bytes can hold the marker and its status line (exit code and a cwd up to PATH_MAX),
         # so each search is bounded, and stays valid when Output drops old bytes from the front.
         window = len(marker) + 4200
         reader = self._reader
+        found = None  # where the marker was found, counted from the start of all output (Output drops from the front)
         try:
             while True:
                 header = await reader.readexactly(8)
                 data = await reader.readexactly(int.from_bytes(header[4:8], "big"))
                 out.add(data)
                 buf = out.buf
-                idx = buf.find(marker, max(0, len(buf) - len(data) - window))
+                idx = found - out.shifted if found is not None else -1
+                if idx < 0 or buf[idx : idx + len(marker)] != marker:
+                    idx = buf.find(marker, max(0, len(buf) - len(data) - window))
                 if idx < 0:
                     continue
+                found = idx + out.shifted
                 end = buf.find(b"\n", idx + len(marker))
                 if end < 0:
                     continue  # the status line is still arriving
+                tail = buf.find(end_marker, end)
+                if tail < 0:
+                    continue  # the exported variables are still arriving
                 code_s, _, cwd = bytes(buf[idx + len(marker) : end]).decode(errors="replace").partition(" ")
-                self._pending = bytes(buf[end + 1 :])
+                self.exports = bytes(buf[end + 1 : tail]).decode(errors="replace")
+                self._pending = bytes(buf[tail + len(end_marker) :])
                 del buf[idx:]
                 _drop_trace_of_sentinel(buf, token)
                 return int(code_s), cwd
@@ -224,8 +242,10 @@ class BashSession:
 
 def _sentinel(token: str, code: str) -> str:
     # The token is split across two printf arguments so `set -x` tracing never prints the marker; `builtin`
-    # so an agent's function named printf (or eval, above) cannot swallow it.
-    return f"builtin printf '\\n__FORAGER_%s__ %d %s\\n' {token} \"{code}\" \"$PWD\""
+    # so an agent's function named printf (or eval, above) cannot swallow it. `export -p` after the status
+    # line gives the exported variables at no extra round trip (and no fork: both are builtins).
+    return (f"builtin printf '\\n__FORAGER_%s__ %d %s\\n' {token} \"{code}\" \"$PWD\"; builtin export -p; "
+            f"builtin printf '__FORAGER_%s_END__\\n' {token}")
 
 
 def _drop_trace_of_sentinel(buf: bytearray, token: str) -> None:

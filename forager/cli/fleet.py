@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from agent.jobs import EpisodeSpec, collection_name, enqueue_episodes
@@ -16,6 +17,7 @@ from agent.queue import connect
 from agent.status import collection_status, fleet_status, list_collections, queue_counts
 from agent.worker import Pool
 from forager.config import Settings, masked
+from forager.episodes.branching import BranchPlan
 from forager.episodes.policies import POLICY_NAMES, OpenAIConfig, OracleConfig, policy_config
 from forager.errors import PoolError, UsageError
 from forager.cli.ui import console, fail, print_json, progress, watch
@@ -86,19 +88,27 @@ def collect(
     episode_timeout: int = typer.Option(1800, "--episode-timeout", min=10, help="seconds; the job is killed past this"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="only the first N tasks"),
     wait: bool = typer.Option(False, "--wait", help="stay and show progress until every job is done or failed"),
+    branch_at: list[int] = typer.Option([], "--branch-at", help="branching: fork the env before this step (repeatable)"),
+    branches: int = typer.Option(0, "--branches", min=0, help="branching: forks per branch point"),
+    alternatives: Path | None = typer.Option(None, "--alternatives",
+                                             help="branching: JSONL of actions ({tool, arguments}), one per branch"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout"),
 ) -> None:
-    """Enqueue one episode job per (task, attempt); ids already queued, running or done are skipped."""
+    """Enqueue one episode job per (task, attempt); ids already queued, running or done are skipped.
+
+    With --branch-at N (and --branches K or --alternatives), each job forks its env K ways before step N and
+    continues every fork as a branch: a tree of trajectories with parent links (docs/world.md)."""
     settings = Settings.from_env()
     if not tasks.exists():
         fail(f"no such tasks file or directory: {tasks}", json_out)
     config = make_policy_config(policy, model, policy_param, settings, json_out)
+    plan = branch_plan(branch_at, branches, alternatives, json_out)
     loaded = load_tasks(tasks)[: limit or None]
     if not loaded:
         fail(f"no valid tasks in {tasks}", json_out)
     conn = redis_conn(settings, json_out)
-    spec = EpisodeSpec(policy=config, max_turns=max_turns, episode_timeout=episode_timeout)
-    collection = name or collection_name(config.name, config.model)
+    spec = EpisodeSpec(policy=config, max_turns=max_turns, episode_timeout=episode_timeout, branching=plan)
+    collection = name or collection_name(config.name, config.model) + ("-tree" if plan else "")
     with progress() as bar:
         t = bar.add_task("enqueue", total=len(loaded) * attempts, status="")
         outcome = enqueue_episodes(conn, loaded, attempts, spec, collection=collection, settings=settings,
@@ -121,6 +131,23 @@ def collect(
             console.print(status_line(result["status"]) + f"; trajectories in {settings.trajectories_dir}")
     if not result["ok"]:
         raise typer.Exit(1)
+
+
+def branch_plan(at: list[int], branches: int, alternatives: Path | None, json_out: bool) -> BranchPlan | None:
+    if not at and not branches and alternatives is None:
+        return None
+    actions = []
+    if alternatives is not None:
+        if not alternatives.is_file():
+            fail(f"no such alternatives file: {alternatives}", json_out)
+        try:
+            actions = [json.loads(line) for line in alternatives.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            fail(f"{alternatives}: not JSONL ({exc})", json_out)
+    try:
+        return BranchPlan(at=at, branches=branches, alternatives=actions)
+    except ValidationError as exc:
+        fail("bad branching options: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()), json_out)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from forager.errors import ForagerError
 from forager.tasks.store import find_task
 from forager.trace.export import export_traces
 from forager.trajectories.dedupe import dedupe_store
-from forager.trajectories.export import FORMATS, export_trajectories
+from forager.trajectories.export import FORMATS, TREE_MODES, export_trajectories
 from forager.trajectories.store import TrajectoryStore
 
 app = typer.Typer()
@@ -77,11 +77,16 @@ def export(
     min_reward: float | None = typer.Option(None, "--min-reward", help="only trajectories with reward ≥ this"),
     repo: str | None = typer.Option(None, "--repo"),
     source: Path | None = typer.Option(None, "--from", help="input dir (default: the trajectory or trace store)"),
+    with_state: bool = typer.Option(False, "--with-state", help="add each step's state record as its own field"),
+    tree: str = typer.Option("episodes", "--tree", help="episodes (one record per trajectory) | triples "
+                             "((state, action) -> observation per step; branches share their state)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Export trajectories as CWM text or chat messages (SFT), or traces in CWM's trace format."""
     if fmt not in FORMATS:
         fail(f"unknown format {fmt!r}: use {', '.join(FORMATS)}", json_out)
+    if tree not in TREE_MODES:
+        fail(f"unknown tree mode {tree!r}: use {' or '.join(TREE_MODES)}", json_out)
     settings = Settings.from_env()
     with progress() as bar:
         t = bar.add_task(f"export {fmt}", total=None, status=str(out))
@@ -94,7 +99,8 @@ def export(
             if source is not None and not source.is_dir():
                 fail(f"no trajectory store at {source}", json_out)
             store = TrajectoryStore(source or settings.trajectories_dir)
-            res = export_trajectories(store.iter(repo), fmt, out, min_reward=min_reward)
+            res = export_trajectories(store.iter(repo), fmt, out, min_reward=min_reward, with_state=with_state,
+                                      tree=tree)
         bar.update(t, total=1, completed=1, status=f"{res['written']} written")
     if json_out:
         print_json({"ok": True, **res})

@@ -12,24 +12,30 @@ call per turn until submit or a budget (turns, tokens, wall clock) ends it. Ever
 
 The env is always deleted. `EnvServer` is all the loop needs of an env server: `envserver.client.EnvClient`
 is the real one; tests also drive the loop with a scripted one in memory.
+
+Each step keeps the server's state record (`Step.state`: files changed, diff, cwd, exported variables, tree
+digest) when the server sends one. A branch of a branching collection (forager/episodes/branching.py) is an
+episode that starts in a forked env (`env_id`) after its parent's steps (`prefix`), possibly with set
+actions first (`first_actions`); `before_action` lets the caller fork the env before a step.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from envserver.errors import EnvBroken, EnvServerError
 from forager.errors import EpisodeInfraError, ModelError
 from forager.episodes.policies import Decision, Episode, Policy
 from forager.episodes.prompts import SYSTEM_PROMPT
-from forager.models import Action, EpisodeResult, ExitReason, Observation, Step, Task, Trajectory
+from forager.models import Action, EpisodeResult, ExitReason, Observation, StateChange, Step, Task, Trajectory
 from forager.tasks import env_request
 from forager.trajectories.store import trajectory_id as make_trajectory_id
 
 FORMAT_ERROR_LIMIT = 3
 
-__all__ = ["EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "run_episode"]
+__all__ = ["EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "act", "run_episode"]
 
 
 class EnvServer(Protocol):
@@ -42,6 +48,8 @@ class EnvServer(Protocol):
     def create(self, env_id: str, path: str, content: str) -> Any: ...
     def submit(self, env_id: str) -> Any: ...
     def delete_env(self, env_id: str) -> None: ...
+    # forks (branching collection only): `count` envs with this env's state, objects with `.id`
+    def fork(self, env_id: str, count: int = 1) -> list[Any]: ...
 
 
 def run_episode(
@@ -60,28 +68,39 @@ def run_episode(
     env_labels: dict[str, str] | None = None,
     env_ttl: int | None = None,
     shell_timeout: float | None = None,
+    env_id: str | None = None,
+    prefix: list[Step] | None = None,
+    first_actions: list[Action] | None = None,
+    before_action: Callable[[str, list[Step]], None] | None = None,
+    parent_id: str | None = None,
 ) -> Trajectory:
-    """Run one episode. `max_tokens` bounds the conversation (the last call's prompt + completion tokens)."""
+    """Run one episode. `max_tokens` bounds the conversation (the last call's prompt + completion tokens).
+
+    A branch passes the forked `env_id` (used, then deleted, instead of a new env), its parent's `prefix`
+    steps, the `first_actions` to take before the policy is asked, and `parent_id`."""
     started = time.time()
     deadline = started + wall_clock if wall_clock else None
     info = policy.info
     traj_id = trajectory_id or make_trajectory_id(task.id, attempt, info.name, info.model)
-    episode = Episode(task=task, system_prompt=system_prompt, problem_statement=task.problem_statement)
+    episode = Episode(task=task, system_prompt=system_prompt, problem_statement=task.problem_statement,
+                      steps=[s.model_copy() for s in prefix or []])
+    branch_step = len(episode.steps) if parent_id else None
+    forced = list(first_actions or [])
     result = EpisodeResult()
     exit_reason: ExitReason | None = None
     error: str | None = None
-    env_id: str | None = None
     infra: EnvServerError | None = None
     consecutive_format_errors = 0
     context_tokens = 0
     try:
-        req = env_request(task)
-        if env_labels:
-            req.labels.update(env_labels)
-        if env_ttl:
-            req.ttl = max(req.ttl, int(env_ttl))
-        env_id = env_server.create_env(req.image, ttl=req.ttl, workdir=req.workdir, setup_patch=req.setup_patch,
-                                       grading=req.grading, labels=req.labels).id
+        if env_id is None:
+            req = env_request(task)
+            if env_labels:
+                req.labels.update(env_labels)
+            if env_ttl:
+                req.ttl = max(req.ttl, int(env_ttl))
+            env_id = env_server.create_env(req.image, ttl=req.ttl, workdir=req.workdir, setup_patch=req.setup_patch,
+                                           grading=req.grading, labels=req.labels).id
         episode.tools = [_schema(t) for t in env_server.tools()]
         while exit_reason is None:
             if len(episode.steps) >= max_turns:
@@ -93,13 +112,16 @@ def run_episode(
             if max_tokens and context_tokens >= max_tokens:
                 exit_reason = "max_tokens"
                 break
+            if before_action is not None:
+                before_action(env_id, episode.steps)
             try:
-                decision = policy.next_action(episode)
+                decision = Decision(forced.pop(0)) if forced else policy.next_action(episode)
             except ModelError as exc:
                 exit_reason, error = "model_error", str(exc)
                 break
             context_tokens = decision.prompt_tokens + decision.completion_tokens
             env_started = time.monotonic()
+            state = None
             if decision.format_error:
                 consecutive_format_errors += 1
                 obs = Observation(output="", error=decision.format_error, flags={"format_error": True})
@@ -107,7 +129,7 @@ def run_episode(
                 consecutive_format_errors = 0
                 remaining = deadline - time.time() if deadline else None
                 try:
-                    obs, submitted = _act(env_server, env_id, decision.action, shell_timeout, remaining)
+                    obs, submitted, state = act(env_server, env_id, decision.action, shell_timeout, remaining)
                 except EnvBroken as exc:  # the step that broke the env is part of the record
                     obs, submitted = Observation(output="", error=str(exc), flags={"env_broken": True}), None
                     exit_reason, error = "env_broken", str(exc)
@@ -115,6 +137,7 @@ def run_episode(
                     result = submitted
                     exit_reason = "submitted"
             episode.steps.append(_step(len(episode.steps), decision, obs, time.monotonic() - env_started))
+            episode.steps[-1].state = state
             if exit_reason is None and consecutive_format_errors >= format_error_limit:
                 exit_reason = "format_error_limit"
                 error = f"{consecutive_format_errors} consecutive malformed replies"
@@ -130,6 +153,8 @@ def run_episode(
                 pass  # gone already, or the server is down: its reaper removes it by expiry
     traj = Trajectory(
         id=traj_id,
+        parent_id=parent_id,
+        branch_step=branch_step,
         task_id=task.id,
         task_kind=task.kind,
         repo=task.repo,
@@ -163,9 +188,10 @@ def _step(index: int, decision: Decision, obs: Observation, env_seconds: float) 
                 completion_tokens=decision.completion_tokens)
 
 
-def _act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | None,
-         remaining: float | None) -> tuple[Observation, EpisodeResult | None]:
-    """Run one tool call. Tool errors (bad arguments, failed edit) become observations; infra errors raise."""
+def act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | None = None,
+        remaining: float | None = None) -> tuple[Observation, EpisodeResult | None, StateChange | None]:
+    """Run one tool call: (observation, the graded result of a submit, the server's state record if any).
+    Tool errors (bad arguments, failed edit) become observations; infra errors raise."""
     args = action.arguments
     try:
         if action.tool == "shell":
@@ -175,13 +201,13 @@ def _act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | 
             r = server.shell(env_id, str(args["command"]), timeout=timeout)
             flags = {k: v for k, v in {"timed_out": r.timed_out, "truncated": r.truncated,
                                        "full_output_path": r.full_output_path}.items() if v}
-            return Observation(output=r.output, exit_code=r.exit_code, flags=flags), None
+            return Observation(output=r.output, exit_code=r.exit_code, flags=flags), None, _state(r)
         if action.tool == "edit":
             r = server.edit(env_id, str(args["path"]), str(args["old"]), str(args["new"]))
-            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None
+            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None, _state(r)
         if action.tool == "create":
             r = server.create(env_id, str(args["path"]), str(args["content"]))
-            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None
+            return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None, _state(r)
         if action.tool == "submit":
             r = server.submit(env_id)
             result = EpisodeResult(
@@ -190,7 +216,12 @@ def _act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | 
                 grading_error=getattr(r, "grading_error", None) or None,
             )
             summary = f"Submitted. Reward: {result.reward}" if r.graded else "Submitted."
-            return Observation(output=summary, flags={"graded": r.graded}), result
+            return Observation(output=summary, flags={"graded": r.graded}), result, None
     except KeyError as exc:
-        return Observation(output="", error=f"{action.tool}: missing argument {exc.args[0]!r}"), None
-    return Observation(output="", error=f"unknown tool {action.tool!r}"), None
+        return Observation(output="", error=f"{action.tool}: missing argument {exc.args[0]!r}"), None, None
+    return Observation(output="", error=f"unknown tool {action.tool!r}"), None, None
+
+
+def _state(response: Any) -> StateChange | None:
+    state = getattr(response, "state", None)
+    return StateChange.model_validate(state.model_dump()) if state is not None else None

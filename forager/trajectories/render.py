@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from forager.models import Action, Observation, Step
+from forager.models import Action, Observation, StateChange, Step
 
 PROTOCOLS = ("tools", "text")
 TOOL_NAMES = ("shell", "edit", "create", "submit")
@@ -113,6 +113,28 @@ def observation_text(obs: Observation) -> str:
         if obs.flags.get(flag):
             parts.append(f"[{flag.replace('_', ' ')}]")
     return "\n".join(parts)
+
+
+def state_text(state: StateChange | None) -> str:
+    """A step's state record as text (exports' `--with-state` field; the model never saw it)."""
+    if state is None:
+        return "[state not recorded]"
+    lines = [f"cwd: {state.cwd}" + (" (changed)" if state.cwd_changed else "")] if state.cwd else []
+    if state.env_changed:
+        lines.append("env: " + ", ".join(f"{k}={v}" if v is not None else f"{k} unset"
+                                         for k, v in state.env_changed.items()))
+    for label, paths in (("created", state.files_created), ("modified", state.files_modified),
+                         ("deleted", state.files_deleted)):
+        if paths:
+            lines.append(f"{label}: {', '.join(paths)}")
+    if not (state.files_created or state.files_modified or state.files_deleted):
+        lines.append("files: unchanged")
+    lines.append(f"tree: {state.tree_digest}")
+    if state.diff:
+        lines.append(state.diff.rstrip("\n"))
+    if state.diff_truncated:
+        lines.append(f"[diff cut: {state.diff_bytes} bytes in total]")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- CWM's text protocol

@@ -104,7 +104,8 @@ class OraclePolicy:
         mutation = task.mutation
         if mutation:
             name = mutation.function.split(".")[-1]
-            steps.append(Action(tool="shell", arguments={"command": f"grep -rn {shlex.quote('def ' + name)} --include=*.py . | head -n 20"},
+            # sorted: grep -r lists files in directory order, which differs between filesystems (replay)
+            steps.append(Action(tool="shell", arguments={"command": f"grep -rn {shlex.quote('def ' + name)} --include=*.py . | sort | head -n 20"},
                                 text=f"Looking for `{name}`."))
         if self.run_tests:
             steps.append(Action(tool="shell", arguments={"command": test_cmd}, text="Running the tests to see the failure."))

@@ -1,0 +1,153 @@
+"""The world-model side of envs: the state record around each tool call, and forks of a live env.
+
+A fork (`fork(manager, source, request)`) is an env like any other (labels, expiry, reaper, tombstones)
+with the source's filesystem and shell state at that moment; the source keeps running. Mechanism, chosen by
+measurement (docs/world.md, benchmarks/world_bench.py): `docker commit` of the source (paused for the
+commit only) into an image labelled for this server, then `count` containers started from it in parallel,
+each with a fresh bash session in which the source's cwd and exported variables are re-created. Running
+processes, non-exported variables, functions and aliases are not forked. The fork keeps the source's
+grading state (task image, setup patch, grading spec, base commit), so `submit` on a fork grades the
+fork's tree against the pristine image in a fresh container, as for any env. The committed image is
+removed when the last env started from it is removed, and at server start and stop; the reaper removes
+any fork image whose expiry label has passed that this server does not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import shlex
+import time
+
+from envserver.errors import BadRequest
+from envserver.models import ForkRequest, StateRecord
+from envserver.state import IGNORED_VARS, StateTracker, parse_exports
+
+log = logging.getLogger("envserver")
+
+LABEL_FORK_IMAGE = "forager.fork-image"  # on committed images: the server that made them
+LABEL_FORK_OF = "forager.fork_of"  # on a fork env's labels: its source
+
+
+def tracker_for(manager, env) -> StateTracker:
+    return StateTracker(manager.backend, env.container_id, env.workdir, manager.contents, manager.config.state_diff_cap)
+
+
+async def before_step(manager, env) -> None:
+    """The first step of an env takes its baseline (the untouched tree's digests, shared per task)."""
+    if env.tracker is None or env.tracker.stats is not None:
+        return
+
+    async def load():
+        image_id = await asyncio.to_thread(manager.backend.image_id, env.image)
+        key = f"{image_id}:{env.workdir}:{hashlib.sha1(env.setup_patch.encode()).hexdigest()}"
+        return await manager.baselines.entries(manager.backend, key, env.container_id, env.workdir)
+
+    try:
+        await env.tracker.ensure_baseline(env.session, load)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # observational: an env without a baseline records no state, and works on
+        log.warning("env %s: no state baseline (%s: %s); state recording off", env.id, type(exc).__name__, exc)
+        await env.tracker.close()
+        env.tracker = None
+
+
+async def after_step(env) -> StateRecord | None:
+    if env.tracker is None or env.tracker.stats is None:
+        return None
+    try:
+        return await env.tracker.record(env.session)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("env %s: state not recorded (%s: %s)", env.id, type(exc).__name__, exc)
+        return None
+
+
+# ------------------------------------------------------------------ forks
+
+
+def fork_repository(server_id: str) -> str:
+    return "forager-fork/" + (re.sub(r"[^a-z0-9._-]+", "-", server_id.lower()).strip("-._") or "server")
+
+
+async def fork(manager, source, req: ForkRequest) -> list:
+    """`req.count` new envs with the source's files, cwd and exported variables (the caller holds its lock)."""
+    config = manager.config
+    if len(manager.envs) + req.count > config.max_envs:
+        raise BadRequest(f"{req.count} forks would pass this server's maximum of {config.max_envs} envs")
+    ttl = min(req.ttl or max(10, int(source.expires_at - time.time())), config.max_ttl)
+    image = f"{fork_repository(manager.server_id)}:{secrets.token_hex(6)}"
+    labels = {LABEL_FORK_IMAGE: manager.server_id, "forager.expires": str(int(time.time() + ttl + 60))}
+    exports = source.session.exports
+    await asyncio.to_thread(manager.backend.commit, source.container_id, image, labels)
+    manager.fork_images[image] = set()
+    image_workdir, _ = await asyncio.to_thread(manager.backend.image_config, source.image)
+    workdir = None if source.workdir == image_workdir else source.workdir  # None: no stat of it to make
+    started = await asyncio.gather(
+        *(manager._start_env(image, source.limits, ttl, workdir) for _ in range(req.count)),
+        return_exceptions=True)
+    forks = [e for e in started if not isinstance(e, BaseException)]
+    for env in forks:
+        manager.fork_images[image].add(env.id)
+        env.fork_image = image
+    try:
+        failed = next((e for e in started if isinstance(e, BaseException)), None)
+        if failed is not None:
+            raise failed
+        await asyncio.gather(*(_restore_shell(env, source.session.cwd, exports) for env in forks))
+    except BaseException:
+        await asyncio.gather(*(manager._remove_env(e) for e in forks), return_exceptions=True)
+        await release_image(manager, image)
+        raise
+    now = time.time()
+    for env in forks:
+        env.image, env.limits = source.image, source.limits
+        env.base_commit, env.setup_patch, env.grading = source.base_commit, source.setup_patch, source.grading
+        env.labels = {**source.labels, **req.labels, LABEL_FORK_OF: source.id}
+        env.fork_of, env.created_at, env.expires_at = source.id, now, now + ttl
+        env.outputs = source.outputs  # cut outputs are saved as /tmp/forager-output/<n>.log: n goes on as in the source
+        env.tracker = source.tracker.clone_for(env.container_id) if source.tracker is not None else None
+        manager.envs[env.id] = env
+    return forks
+
+
+async def _restore_shell(env, cwd: str, exports_text: str) -> None:
+    """Re-create the source's cwd and exported variables in the fork's fresh bash."""
+    wanted, have = parse_exports(exports_text), parse_exports(env.session.exports)
+    # One line each, errors ignored: a variable the source made readonly cannot be changed in the fork either.
+    lines = [f"builtin unset -v {name} 2>/dev/null" for name in sorted(have)
+             if name not in wanted and name not in IGNORED_VARS]
+    lines += [f"builtin export {name}={shlex.quote(value)} 2>/dev/null" for name, value in sorted(wanted.items())
+              if name not in IGNORED_VARS and have.get(name) != value]
+    lines.append(f"builtin cd -- {shlex.quote(cwd)}")
+    result = await env.session.run("\n".join(lines), 30)
+    if env.session.cwd != cwd:
+        raise BadRequest(f"the fork could not enter the source's cwd {cwd}: {result.output[-500:].decode(errors='replace')}")
+
+
+async def release_image(manager, image: str, env_id: str | None = None) -> None:
+    """Forget `env_id` as a user of a fork image; remove the image once nothing uses it."""
+    users = manager.fork_images.get(image)
+    if users is None:
+        return
+    users.discard(env_id)
+    if not users:
+        manager.fork_images.pop(image, None)
+        try:
+            await asyncio.to_thread(manager.backend.remove_image, image)
+        except Exception as exc:  # in use by a container still being removed: the reaper tries again
+            log.warning("fork image %s not removed yet: %s", image, exc)
+
+
+async def remove_fork_images(manager, pick) -> int:
+    """Remove the fork images (of any server) that `pick(labels, tags)` selects and this server does not use."""
+    images = await asyncio.to_thread(manager.backend.list_images, LABEL_FORK_IMAGE)
+    mine = [i for i in images if not set(i["tags"]) & set(manager.fork_images) and pick(i["labels"])]
+    await asyncio.gather(*(asyncio.to_thread(manager.backend.remove_image, i["id"]) for i in mine),
+                         return_exceptions=True)
+    return len(mine)
