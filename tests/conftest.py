@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures_tasks",
     "tests.fixtures_loop",
     "tests.fixtures_viewer",
+    "tests.fixtures_mining",
 ]
 
 
