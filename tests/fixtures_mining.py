@@ -11,6 +11,8 @@ same SHAs and images every session), and returns {name: sha}:
     bad_fix   "Fix mean of an empty list (#5)": its new test fails after the fix too
     flaky_fix "Fix word_count on tabs and newlines (#7)": a new test module with a real failing test and a
               test that passes and fails on alternate runs (flaky)
+    code_only "Return 0 for the mean of an empty list": code alone, no test (it also makes the head's
+              suite pass again, so the head image builds for `forager run`)
 
 `mined` (session): `forager tasks mine` run through the CLI on that history, certifying with the session's
 env server; it returns the parsed --json summary, stderr, the FORAGER_HOME and the history's SHAs.
@@ -174,6 +176,9 @@ def make_history(path: str | Path) -> dict[str, str]:
     _edit(path / "tinytext" / "core.py", 'return len(text.split(" "))', "return len(text.split())")
     (path / "tests" / "test_words.py").write_text(FLAKY_TEST)
     shas["flaky_fix"] = git_commit_all(path, "Fix word_count on tabs and newlines (#7)")
+
+    _edit(path / "tinytext" / "core.py", "        return None", "        return 0.0")
+    shas["code_only"] = git_commit_all(path, "Return 0 for the mean of an empty list")
     return shas
 
 

@@ -27,9 +27,9 @@ def test_the_history_verdicts(tinytext_history):
     verdicts = {names[v.commit.sha]: v for v in scan(str(path))}
     assert {n: v.verdict for n, v in verdicts.items()} == {
         "root": "root", "fix": "candidate", "docs": "docs_only", "refactor": "candidate", "bad_fix": "candidate",
-        "flaky_fix": "candidate"}
+        "flaky_fix": "candidate", "code_only": "no_tests"}
     assert {"word:fix", "exercises:slugify"} <= set(verdicts["fix"].evidence)
-    assert [v.commit.sha for v in scan(str(path))][0] == shas["flaky_fix"]  # newest first
+    assert [v.commit.sha for v in scan(str(path))][:2] == [shas["code_only"], shas["flaky_fix"]]  # newest first
 
 
 def test_a_fix_splits_into_gold_and_hidden_test_patches(tinytext_history, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from forager.cli.mining import env_grader, mining_target, parent_builder
+from forager.cli.mining import PARENT_BUILD, env_grader, mining_target, parent_builder
 from forager.cli.ui import console, fail, interruptible, print_json, progress
 from forager.config import Settings
 from forager.errors import ForagerError
@@ -204,9 +204,9 @@ def import_(
         fail(f"no such file: {file}", json_out)
     settings = Settings.from_env()
 
-    def build(inst: SWEInstance):
+    def build(inst: SWEInstance):  # a base commit of real history: built like a mined parent (see PARENT_BUILD)
         entry, overrides = repo_entry(inst)
-        return build_repo(parse_entry(entry, **overrides), settings)
+        return build_repo(parse_entry(entry, **overrides), settings, PARENT_BUILD)
 
     interruptible()
     with progress() as bar:

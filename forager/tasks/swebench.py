@@ -11,7 +11,8 @@ Export writes the same fields (FAIL_TO_PASS/PASS_TO_PASS JSON-encoded, as SWE-be
 export gives the same tasks: same ids, patches, tests and problem statements.
 
 The builder makes the image at base_commit; grading restores the touched test files, applies the
-test_patch and runs the named tests. Malformed records are reported by line and skipped.
+test_patch and runs the image's test command narrowed to the test modules the test patch touches and the
+graded tests live in (SWE-bench's own convention). Malformed records are reported by line and skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from forager.config import Settings
 from forager.models import ImageRecord, Task
+from forager.tasks.failtopass import narrowed_command
+from forager.tasks.history import is_test_module
 from forager.tasks.store import append_tasks, load_tasks, tasks_path
 
 
@@ -107,6 +110,15 @@ def patch_files(patch: str) -> tuple[list[str], list[str]]:
     return existing, created
 
 
+def graded_command(image_command: str, test_patch: str, tests: list[str]) -> str:
+    """The image's test command narrowed to the test modules the test patch leaves and the graded tests live in
+    (what SWE-bench runs too); the whole command when a graded test names no file or the command is not pytest."""
+    if not tests or any("::" not in t for t in tests):
+        return image_command
+    kept = {m.group(1) for m in re.finditer(r"^\+\+\+ b/(\S+)", test_patch, re.M) if is_test_module(m.group(1))}
+    return narrowed_command(image_command, sorted(kept | {t.split("::")[0] for t in tests}))
+
+
 def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
     existing, created = patch_files(inst.test_patch)
     id_files = {t.split("::")[0] for t in inst.FAIL_TO_PASS + inst.PASS_TO_PASS if "::" in t}
@@ -123,7 +135,8 @@ def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
         # created files too: grading removes them before the test patch creates them (an agent's file of the
         # same name would otherwise make the patch fail to apply)
         test_files=sorted(set(existing) | set(created) | id_files),
-        test_command=record.test_command or "python -m pytest",
+        test_command=graded_command(record.test_command or "python -m pytest", inst.test_patch,
+                                    inst.FAIL_TO_PASS + inst.PASS_TO_PASS),
         fail_to_pass=inst.FAIL_TO_PASS,
         pass_to_pass=inst.PASS_TO_PASS,
         gold_patch=inst.patch,
@@ -168,8 +181,10 @@ def import_instances(
     return report
 
 
-def to_instance(task: Task, source: str | None = None, version: str | None = None) -> dict[str, Any]:
-    """A task as one SWE-bench record; `source` is the list entry that builds its image (from the catalog)."""
+def to_instance(task: Task, source: str | None = None, version: str | None = None,
+                image_command: str | None = None) -> dict[str, Any]:
+    """A task as one SWE-bench record; `source` is the list entry that builds its image and `image_command` the
+    image's whole test command (both from the catalog): import narrows it again exactly as the task does."""
     record: dict[str, Any] = {
         "instance_id": task.id,
         "repo": task.repo,
@@ -184,7 +199,7 @@ def to_instance(task: Task, source: str | None = None, version: str | None = Non
         "PASS_TO_PASS": json.dumps(task.pass_to_pass),
         "environment_setup_commit": task.commit,
         "source": source,
-        "test_command": task.test_command,
+        "test_command": image_command or task.test_command,
     }
     if task.setup_patch:
         record["setup_patch"] = task.setup_patch
@@ -194,7 +209,7 @@ def to_instance(task: Task, source: str | None = None, version: str | None = Non
 def package_version(pip_freeze: list[str]) -> str | None:
     """The version of the editable install in a `pip freeze` (the repository itself), if it says."""
     for line in pip_freeze:
-        m = re.match(r"^# Editable install with no version control \((\S+)==(\S+)\)", line)
+        m = re.match(r"^# Editable .*\((\S+)==(\S+)\)\s*$", line)  # "# Editable Git install with no remote (x==1.0)"
         if m:
             return m.group(2)
     return None
@@ -205,5 +220,6 @@ def export_instances(tasks: list[Task], out: IO[str], sources: dict[str, ImageRe
     for task in tasks:
         rec = (sources or {}).get(task.image)
         freeze = (task.certificate.pip_freeze if task.certificate else []) or (rec.pip_freeze if rec else [])
-        out.write(json.dumps(to_instance(task, rec.source if rec else None, package_version(freeze))) + "\n")
+        out.write(json.dumps(to_instance(task, rec.source if rec else None, package_version(freeze),
+                                         rec.test_command if rec else None)) + "\n")
     return len(tasks)
