@@ -66,12 +66,14 @@ REQUIREMENTS = re.compile(r"^(requirements|constraints)[\w.-]*\.(txt|in)$")
 
 @dataclass
 class Caps:
-    """What one fix may be: library files and lines changed, test files and lines changed."""
+    """What one fix may be: library files and lines changed, test files and lines changed, and whether its
+    message must show it is a fix (fix words or issue references; off only to measure what that rule costs)."""
 
     max_files: int = 4
     max_lines: int = 150
     max_test_files: int = 5
     max_test_lines: int = 500
+    fix_evidence: bool = True
 
 
 @dataclass
@@ -276,7 +278,7 @@ def judge(repo: str, commit: Commit, caps: Caps, *, pr_candidates: bool = False)
     if len(tests) > caps.max_test_files or test_lines > caps.max_test_lines:
         return _reject(v, "too_large", f"{len(tests)} test files, {test_lines} test lines")
     words, refs = fix_words(commit.message), issue_refs(commit.message, pr, evidence=True)
-    if not words and not refs:  # before the checks that read files: the message is the cheapest to judge
+    if caps.fix_evidence and not words and not refs:  # before the checks that read files: the cheapest one
         return _reject(v, "no_fix_evidence", commit.subject[:120])
     before = {p: show(repo, commit.parent, p) for p in code}
     after = {p: show(repo, commit.sha, p) for p in code}

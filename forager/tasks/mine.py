@@ -47,6 +47,7 @@ class MineOptions:
     max_tasks: int | None = None  # stop once this many tasks of the repo are kept
     max_candidates: int | None = None  # consider only the newest N candidates
     retry: frozenset[str] = frozenset()  # verdicts of earlier runs to decide again (e.g. build_failed)
+    commits: frozenset[str] = frozenset()  # only these candidates (full SHAs); empty: all
 
 
 @dataclass
@@ -93,7 +94,8 @@ def mine(history: str, repo: str, settings: Settings, *, build: Build, grader: G
     mined = [t for t in load_tasks(out) if t.origin == "mined"] if out.exists() else []
     report.tasks = list(mined)
     kept = {t.source_commit for t in mined}
-    candidates = [v for v in verdicts if v.is_candidate][: opts.max_candidates or None]
+    candidates = [v for v in verdicts if v.is_candidate and (not opts.commits or v.commit.sha in opts.commits)]
+    candidates = candidates[: opts.max_candidates or None]
     report.candidates = len(candidates)
     todo = []
     for v in candidates:
