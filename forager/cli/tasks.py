@@ -26,7 +26,8 @@ app = typer.Typer(no_args_is_help=True,
 
 @app.command("synth")
 def synth(
-    repos: list[str] = typer.Argument(None, help="repo names from the catalog (default: every ok image)"),
+    repos: list[str] = typer.Argument(None, help="repo names from the catalog (default: every ok image but the bases "
+                                                 "of issue-fix tasks)"),
     max_tasks: int = typer.Option(20, "--max-tasks", min=1, help="target validated tasks per repo image"),
     max_candidates: int = typer.Option(300, "--max-candidates", min=1, help="candidate mutations validated per repo"),
     timeout: float | None = typer.Option(None, "--timeout", min=1, help="seconds per test run before a candidate counts as a hang (default: 5x the suite, at least 10)"),
@@ -42,6 +43,11 @@ def synth(
     if not settings.catalog_path.exists():
         fail(f"no catalog at {settings.catalog_path}: build images first (`forager build`)", json_out)
     records = ok_records(settings.catalog_path)
+    # Images built at the base commit of issue-fix tasks (a mined fix's parent, a SWE-bench base) exist for
+    # those tasks: a mined repository has one per fix, and synthesizing over each would multiply the work.
+    known = load_tasks(settings.tasks_dir) if settings.tasks_dir.exists() else []
+    bases = {t.image for t in known if t.kind == "issue-fix"}
+    records = [r for r in records if r.tag not in bases]
     if repos:
         unknown = set(repos) - {r.repo for r in records}
         if unknown:
@@ -244,5 +250,7 @@ def list_(
         print_json({"ok": True, "count": len(rows), "tasks": rows})
         return
     for r in rows:
-        console.print(f"{r['id']}  {r['kind']}  {r['mutation'] or ''}  F2P={r['f2p']} P2P={r['p2p']}")
+        cert = "" if r["certified"] is None else ("  certified" if r["certified"] else "  certificate failed")
+        console.print(f"{r['id']}  {r['kind']}  {r['origin'] or ''}  {r['mutation'] or ''}  F2P={r['f2p']} P2P={r['p2p']}"
+                      f"{cert}")
     console.print(f"{len(rows)} tasks")
