@@ -174,6 +174,12 @@ def test_histories_that_cannot_be_mined_are_clear_errors(tmp_path, tinytext_hist
         scan(str(tmp_path / "empty"))
     with pytest.raises(MiningError, match="cannot walk 'nosuch..HEAD'"):
         scan(str(tinytext_history[0]), "nosuch..HEAD")
+    with pytest.raises(MiningError, match="is not a range"):
+        scan(str(tinytext_history[0]), "--output=/tmp/x")
+    with pytest.raises(MiningError, match="not its top"):
+        scan(str(tinytext_history[0] / "tinytext"))
+    subprocess.run(["git", "clone", "-q", "--mirror", str(tinytext_history[0]), str(tmp_path / "bare.git")], check=True)
+    assert len(scan(str(tmp_path / "bare.git"))) == len(tinytext_history[1])  # a bare mirror is a history too
 
 
 def test_fail_to_pass_decision():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from forager.errors import MiningError
 from forager.tasks.candidates import is_test_path
@@ -134,10 +134,14 @@ def git(repo: str, *args: str, check: bool = True) -> str:
 
 
 def ensure_repo(repo: str) -> None:
-    """A MiningError unless `repo` is a git repository (a work tree or a bare mirror) with commits."""
-    proc = subprocess.run(["git", "-C", repo, "rev-parse", "--git-dir"], capture_output=True, text=True)
+    """A MiningError unless `repo` is a git repository (the top of a work tree, or a bare mirror) with commits."""
+    proc = subprocess.run(["git", "-C", repo, "rev-parse", "--is-bare-repository"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise MiningError(f"{repo} is not a git repository: {proc.stderr.strip()[-300:]}")
+    top = git(repo, "rev-parse", "--show-toplevel").strip() if proc.stdout.strip() != "true" else repo
+    if Path(top).resolve() != Path(repo).resolve():
+        # the builder would snapshot this directory, not check out the enclosing repository's commits
+        raise MiningError(f"{repo} is inside the git repository {top}, not its top: mine {top} instead")
     if subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode:
         raise MiningError(f"{repo} has no commits (HEAD does not resolve)")
 
@@ -148,6 +152,8 @@ _SEP, _FIELD = "\x1e", "\x1f"
 def read_commits(repo: str, revisions: str = "HEAD", *, since: str | None = None, max_commits: int | None = None) -> list[Commit]:
     """Commits of `revisions` (a ref or `A..B`), newest first, each with the files it changes against its first parent."""
     ensure_repo(repo)
+    if revisions.startswith("-"):
+        raise MiningError(f"{revisions!r} is not a range: a range is a ref or A..B")
     args = ["log", "--topo-order", "--no-renames", "--diff-merges=first-parent", "--numstat",
             f"--format={_SEP}%H{_FIELD}%P{_FIELD}%ct{_FIELD}%B{_FIELD}"]
     if since:
