@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from envserver.client import EnvClient  # noqa: E402
 from forager.cli.mining import parent_builder  # noqa: E402
-from forager.cli.ui import progress  # noqa: E402
+from forager.cli.ui import interruptible, progress  # noqa: E402
 from forager.config import Settings  # noqa: E402
 from forager.tasks.history import RULES, Caps, read_commits, scan  # noqa: E402
 from forager.tasks.mine import MineOptions, mine  # noqa: E402
@@ -114,6 +114,7 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings.from_env().model_copy(update={"home": home})
     print(f"FORAGER_HOME {home}", file=sys.stderr)
+    interruptible()  # SIGTERM unwinds: the env server below is stopped, and a rerun with --home resumes
     server, url = start_envserver(home)
     per_repo, scan_rules, validation = [], Counter(), Counter()
     try:
