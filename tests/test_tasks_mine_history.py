@@ -210,3 +210,27 @@ def test_the_statement_is_the_message_and_the_failures_never_the_fix():
     assert "abs(w) * abs(h)" not in text and "test_negative" not in text and "Signed-off-by" not in text
     shown = commit_statement(message, [], f2p, messages, gold, hide_tests=False)
     assert "tests/test_core.py::test_negative" in shown and "abs(w) * abs(h)" not in shown
+
+
+def test_a_build_that_docker_broke_is_tried_again_but_a_commit_that_does_not_build_is_a_verdict(tinytext_history):
+    from forager.models import ImageRecord
+    from forager.tasks import mine as mine_module
+
+    path, shas = tinytext_history
+    (fix,) = [v for v in scan(str(path)) if v.commit.sha == shas["fix"]]
+    calls = []
+
+    def build(reason):
+        def run(entry):
+            calls.append(entry)
+            return ImageRecord(repo="tinytext", source=entry, status="install", reason=reason)
+        return run
+
+    opts = mine_module.MineOptions()
+    pruned = "repository layer failed: failed to get digest sha256:b63b: open /var/lib/docker/image/x: no such file"
+    verdict, detail, task, _ = mine_module._mine_one(fix, str(path), "src", build(pruned), None, opts, backend=None)
+    assert (verdict, task, len(calls)) == ("error", None, 2) and "failed to get digest" in detail
+    calls.clear()
+    verdict, detail, _, _ = mine_module._mine_one(fix, str(path), "src", build("No matching distribution for foo==9"),
+                                                  None, opts, backend=None)
+    assert (verdict, calls) == ("build_failed", [f"src@{shas['root']}"])

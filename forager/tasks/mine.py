@@ -12,6 +12,7 @@ only candidates with no validated verdict yet (and those whose verdict is `error
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -153,8 +154,13 @@ def _mine_one(v: Verdict, history: str, source: str, build: Build, grader: Grade
     try:
         patches = split_patches(history, v.commit)
         record = build(f"{source}@{v.commit.parent}")
+        if (record.status != "ok" or not record.tag) and _docker_trouble(record):
+            time.sleep(5)  # the daemon, not the commit (an image pruned under the build): once more
+            record = build(f"{source}@{v.commit.parent}")
         if record.status != "ok" or not record.tag:
-            return "build_failed", f"{record.status}: {record.reason}"[:300], None, None
+            # Docker's own trouble is an error (tried again by the next run); the commit's is a verdict
+            verdict = "error" if _docker_trouble(record) else "build_failed"
+            return verdict, f"{record.status}: {record.reason}"[:300], None, None
         timeout = opts.timeout or max(60.0, 5 * (record.test_seconds or 0.0))
         judgement = validate_fix(record, patches, runs=opts.runs, timeout=timeout, backend=backend)
         if judgement.verdict != "task":
@@ -170,6 +176,14 @@ def _mine_one(v: Verdict, history: str, source: str, build: Build, grader: Grade
         return "task", f"{len(judgement.fail_to_pass)} F2P, {len(judgement.pass_to_pass)} P2P", task, judgement
     except Exception as exc:  # noqa: BLE001 - Docker or the env server failing: recorded, retried by a rerun
         return "error", f"{type(exc).__name__}: {exc}"[:500], None, None
+
+
+DOCKER_TROUBLE = re.compile(r"/var/lib/docker|failed to get digest|Cannot connect to the Docker daemon|"
+                            r"No such image|context deadline exceeded|docker: ", re.I)
+
+
+def _docker_trouble(record: ImageRecord) -> bool:
+    return record.status == "error" or bool(DOCKER_TROUBLE.search(record.reason or ""))
 
 
 def make_task(v: Verdict, record: ImageRecord, patches, judgement: Judgement, hide_tests: bool = True) -> Task:
