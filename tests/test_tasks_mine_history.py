@@ -234,3 +234,16 @@ def test_a_build_that_docker_broke_is_tried_again_but_a_commit_that_does_not_bui
     verdict, detail, _, _ = mine_module._mine_one(fix, str(path), "src", build("No matching distribution for foo==9"),
                                                   None, opts, backend=None)
     assert (verdict, calls) == ("build_failed", [f"src@{shas['root']}"])
+
+
+def test_a_test_module_that_cannot_be_imported_is_named_with_its_error():
+    from forager.tasks.failtopass import collection_errors
+
+    report = ('<testsuites><testsuite><testcase classname="" name="tests.test_basic" file="tests/test_basic.py">'
+              '<error message="collection failure">tests/test_basic.py:3: in &lt;module&gt;\n'
+              "E   pytest.PytestRemovedIn10Warning: Passing a non-Collection iterable to parametrize is deprecated.\n"
+              "E   Please convert to a list or tuple.</error></testcase>"
+              '<testcase classname="tests.test_a" name="test_x" file="tests/test_a.py"><failure message="assert 1 == 2"/>'
+              "</testcase></testsuite></testsuites>")
+    assert collection_errors(report) == {"tests/test_basic.py::tests.test_basic": (
+        "pytest.PytestRemovedIn10Warning: Passing a non-Collection iterable to parametrize is deprecated.")}

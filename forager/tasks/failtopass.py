@@ -9,15 +9,19 @@ deadline, a hang (rejected).
 Which tests: the test modules the test patch touches, named on the image's test command (what SWE-bench
 grades too). The fix's own tests are all there, each run costs seconds rather than a whole suite, and the
 task's grading runs the same command, so validation and grading can never disagree about which tests exist.
-A test patch that touches only helpers or conftest.py keeps the image's whole test command.
+A test patch that touches only helpers or conftest.py keeps the image's whole test command. When nothing
+changes and the fix's test modules do not even import after the fix, the verdict is `uncollectable`: the
+environment (today's pytest or a dependency) no longer fits the commit.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from envserver.junit import parse_junit
+from envserver.junit import node_id, parse_junit
 from envserver.sandbox import Backend, DockerSandbox, run_pytest
 from forager.models import ImageRecord
 from forager.tasks.history import FixPatches
@@ -29,8 +33,8 @@ GOLD_PATCH = "/tmp/forager-mine-gold.patch"
 APPLY = "git -c core.hooksPath=/dev/null apply --whitespace=nowarn"
 
 # Verdicts of validation (besides "task"), in the benchmark's order.
-VERDICTS = ("build_failed", "test_patch_conflict", "gold_patch_conflict", "no_report", "hang", "regression", "flaky",
-            "no_f2p", "certificate_failed", "error")
+VERDICTS = ("build_failed", "test_patch_conflict", "gold_patch_conflict", "no_report", "hang", "uncollectable",
+            "regression", "flaky", "no_f2p", "certificate_failed", "error")
 
 
 @dataclass
@@ -49,6 +53,24 @@ class Judgement:
 def narrowed_command(image_command: str, test_modules: list[str]) -> str:
     """The image's test command narrowed to the touched test modules (the whole command when it cannot be)."""
     return (narrow_command(image_command, test_modules) if test_modules else None) or image_command
+
+
+def collection_errors(junit: str) -> dict[str, str]:
+    """{report id: the error's exception line} for test modules pytest could not import (a newer pytest or
+    dependency than the commit was written for often does this: a removed API, a deprecation made an error)."""
+    try:
+        root = ET.fromstring(junit)
+    except ET.ParseError:
+        return {}
+    found = {}
+    for case in root.iter("testcase"):
+        for child in case:
+            if child.tag == "error" and "collection failure" in (child.get("message") or ""):
+                lines = [ln[1:].strip() for ln in (child.text or "").splitlines() if ln.startswith("E ")]
+                raised = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception|Warning)\b", ln)]
+                found[node_id(case.get("classname", ""), case.get("name", ""), case.get("file"))] = (
+                    (raised or lines or ["collection failure"])[-1])[:300]
+    return found
 
 
 def _state(outcome: str | None) -> str:
@@ -107,6 +129,10 @@ def validate_fix(record: ImageRecord, patches: FixPatches, *, runs: int = 3, tim
             first_junit = first_junit or run.junit
             if passing_before is not None and i == 0 and not any(
                     o == "passed" and t not in passing_before for t, o in outcomes[0].items()):
+                broken = collection_errors(run.junit)
+                if broken:  # the fix's own tests cannot even be imported here: the environment, not the fix
+                    return outcomes, first_junit, Judgement("uncollectable", "; ".join(
+                        f"{t}: {m}" for t, m in sorted(broken.items())[:3])[:500])
                 still = sorted(t for t, o in outcomes[0].items() if t not in passing_before and _state(o) == "failed")
                 return outcomes, first_junit, Judgement(
                     "no_f2p", f"no test failing before the fix passes after it; {len(still)} fail after it too: "
