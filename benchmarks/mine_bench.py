@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--certify-runs", type=int, default=3)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--baseline-sample", type=int, default=0, help="no_fix_evidence commits validated per repo")
+    ap.add_argument("--retry", action="append", default=[], help="decide again candidates with this verdict")
     ap.add_argument("--home", default=None, help="FORAGER_HOME of the run (default: a fresh temp dir); reruns resume")
     args = ap.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="mine-bench-"))
@@ -128,7 +129,8 @@ def main() -> None:
                 walk = plain_walk_seconds(history, args.max_commits)
                 structural = structural_units(history, args.max_commits)
                 opts = MineOptions(max_commits=args.max_commits, runs=args.runs, certify_k=args.certify_runs,
-                                   jobs=args.jobs, max_tasks=args.max_tasks, max_candidates=args.max_candidates)
+                                   jobs=args.jobs, max_tasks=args.max_tasks, max_candidates=args.max_candidates,
+                                   retry=frozenset(args.retry))
                 t = bar.add_task(name, total=None, status="scanning")
                 rep = mine(history, spec.name, settings, build=parent_builder(spec, settings), grader=grader,
                            options=opts, on_progress=lambda d, n, s, t=t: bar.update(t, completed=d, total=n, status=s))
