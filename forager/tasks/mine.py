@@ -108,7 +108,7 @@ def mine(history: str, repo: str, settings: Settings, *, build: Build, grader: G
             report.skipped += 1
         else:
             todo.append(v)
-    lock, done = threading.Lock(), [report.skipped]
+    lock, done, stop = threading.Lock(), [report.skipped], threading.Event()
     pending = iter(todo)
 
     def enough() -> bool:
@@ -117,7 +117,7 @@ def mine(history: str, repo: str, settings: Settings, *, build: Build, grader: G
     def work() -> None:
         while True:
             with lock:
-                v = None if enough() else next(pending, None)
+                v = None if enough() or stop.is_set() else next(pending, None)
             if v is None:
                 return
             verdict, detail, task, judgement = _mine_one(v, history, source or history, build, grader, opts,
@@ -142,8 +142,12 @@ def mine(history: str, repo: str, settings: Settings, *, build: Build, grader: G
     if on_progress:
         on_progress(done[0], len(candidates), f"{len(report.tasks)} tasks")
     with ThreadPoolExecutor(max(1, opts.jobs), thread_name_prefix=f"mine-{repo}") as pool:
-        for future in [pool.submit(work) for _ in range(max(1, opts.jobs))]:
-            future.result()
+        try:
+            for future in [pool.submit(work) for _ in range(max(1, opts.jobs))]:
+                future.result()
+        except BaseException:  # Ctrl-C, SIGTERM: no new candidate is drawn; those in flight end, unrecorded
+            stop.set()
+            raise
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
