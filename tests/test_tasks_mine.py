@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 
 from envserver.junit import parse_junit
@@ -19,7 +22,7 @@ from forager.tasks.store import load_tasks, tasks_path
 from forager.trajectories.store import TrajectoryStore
 from tests.conftest import free_port
 from tests.fixtures_mining import FLAKY_NAME, mine_cli
-from tests.test_fleet_support import fleet_env, private_db, run_cli
+from tests.test_fleet_support import REPO, fleet_env, private_db, run_cli, wait_for
 
 
 def _tasks(home):
@@ -116,17 +119,27 @@ def test_a_rerun_resumes_and_a_killed_run_loses_nothing(mined, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     (repo,) = json.loads(again.stdout)["repos"]
     assert (repo["tried"], repo["skipped"], repo["tasks"], repo["new_tasks"]) == (0, 4, 2, 0)
-    # a run killed while it validated the newest candidate: neither its verdict nor its task was written
-    sha = mined.shas["flaky_fix"]
+    # forget every validation, then stop a run (SIGTERM) as soon as it has decided one candidate
     log = mine_module.mined_log(Settings(home=home), "tinytext")
-    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()
-                           if not (f'"{sha}"' in line and '"validate"' in line)))
-    store = tasks_path(Settings(home=home).tasks_dir, "tinytext")
-    store.write_text("".join(line + "\n" for line in store.read_text().splitlines() if sha not in line))
-    resumed = mine_cli(env, str(mined.history), "--json")
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if '"validate"' not in line))
+    tasks_path(Settings(home=home).tasks_dir, "tinytext").unlink()
+    # (one gold and one empty grading per certificate here: the certificates themselves are checked above)
+    proc = subprocess.Popen([sys.executable, "-m", "forager.cli", "tasks", "mine", str(mined.history), "--json",
+                             "-j", "1", "-k", "1"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: '"validate"' in log.read_text() or proc.poll() is not None, "a first verdict", deadline=900)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted" in json.loads(out)["error"], err[-2000:]
+    decided = sum('"validate"' in line for line in log.read_text().splitlines())
+    assert 1 <= decided <= 2  # the one decided, and at most the one in flight: no new candidate after the signal
+    resumed = mine_cli(env, str(mined.history), "--json", "-k", "1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     (repo,) = json.loads(resumed.stdout)["repos"]
-    assert (repo["tried"], repo["skipped"], repo["tasks"], repo["new_tasks"]) == (1, 3, 2, 1)
+    assert (repo["tried"], repo["skipped"], repo["tasks"]) == (4 - decided, decided, 2)
     assert set(_tasks(home)) == set(_tasks(mined.home))
 
 

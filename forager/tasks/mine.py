@@ -145,7 +145,7 @@ def mine(history: str, repo: str, settings: Settings, *, build: Build, grader: G
         try:
             for future in [pool.submit(work) for _ in range(max(1, opts.jobs))]:
                 future.result()
-        except BaseException:  # Ctrl-C, SIGTERM: no new candidate is drawn; those in flight end, unrecorded
+        except BaseException:  # Ctrl-C, SIGTERM: no new candidate is drawn; those in flight finish, recorded
             stop.set()
             raise
     report.seconds = round(time.monotonic() - started, 2)
