@@ -162,6 +162,14 @@ class LocalServices:
             self._stack.close()
             raise
 
+    def ensure_envserver(self) -> None:
+        """An env server only (no workers): what certifying mined tasks needs."""
+        try:
+            self._envserver()
+        except BaseException:
+            self._stack.close()
+            raise
+
     def __exit__(self, *exc) -> None:
         self._stack.close()
 

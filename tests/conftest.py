@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures_loop",
     "tests.fixtures_grading",
     "tests.fixtures_viewer",
+    "tests.fixtures_mining",
 ]
 
 

@@ -2,6 +2,7 @@
 
   build    images.build.build_list        (cached: an ok image in the catalog is not rebuilt)
   synth    forager.tasks.synth            (resumes: decided candidates and tasks are on disk)
+  mine     forager.tasks.mine             (--issue-fix only: the list's git entries; resumes from its verdict log)
   services Redis, env server, workers     (used if reachable, else started and stopped at the end)
   collect  one job per (task, attempt)    (deterministic ids: done episodes are never redone)
   summary  a table and one JSON document
@@ -12,6 +13,7 @@ Interrupted anywhere (Ctrl-C, SIGTERM), the next run picks up where this one sto
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,14 @@ from rich.table import Table
 from agent.jobs import EpisodeSpec, collection_name, enqueue_episodes
 from agent.queue import connect
 from agent.services import LocalServices, workers_on
+from envserver.client import EnvClient
 from forager.cli.fleet import make_policy_config, watch_collection
+from forager.cli.mining import mining_target, parent_builder
 from forager.cli.ui import console, fail, interruptible, print_json, progress
 from forager.config import Settings
 from forager.errors import ForagerError, ServiceError
-from forager.models import ImageRecord, Task
+from forager.models import ImageRecord, RepoSpec, Task
+from forager.tasks.mine import MineOptions, mine
 from forager.tasks.synth import synthesize_many
 from images.build import build_list
 from images.sources import parse_list
@@ -50,6 +55,8 @@ class RunOptions:
     episode_timeout: int = 1800
     policy: str | None = None  # default: openai if a model endpoint is configured, else oracle
     model: str | None = None
+    issue_fix: bool = False  # also mine the list's git entries for issue-fix tasks
+    mine_max_commits: int = 30  # commits walked per entry (newest first): small, so the main job stays fast
 
 
 @dataclass
@@ -61,8 +68,10 @@ class RunReport:
     repos_ok: int = 0
     build_failures: dict[str, str] = field(default_factory=dict)
     synth_failures: dict[str, str] = field(default_factory=dict)
+    mine_failures: dict[str, str] = field(default_factory=dict)
     tasks: int = 0
     tasks_by_repo: dict[str, int] = field(default_factory=dict)
+    mined_by_repo: dict[str, int] = field(default_factory=dict)
     jobs: dict[str, int] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -77,6 +86,8 @@ class RunReport:
             "repos": {"total": self.repos_total, "ok": self.repos_ok, "build_failures": self.build_failures,
                       "synth_failures": self.synth_failures},
             "tasks": self.tasks, "tasks_by_repo": self.tasks_by_repo,
+            **({"mined_by_repo": self.mined_by_repo, "mine_failures": self.mine_failures} if self.mined_by_repo
+               or self.mine_failures else {}),
             "jobs": self.jobs,
             "trajectories": s.get("trajectories", 0), "failed_jobs": s.get("failed", 0),
             "solve_rate": s.get("solve_rate", 0.0), "mean_steps": s.get("mean_steps", 0.0),
@@ -107,14 +118,22 @@ def run(opts: RunOptions, settings: Settings, bar, policy, log=print, stop_event
 
     t0 = time.monotonic()
     tasks = _synthesize(ok, settings, opts, bar, report)
-    report.tasks = len(tasks)
     report.seconds["synth"] = round(time.monotonic() - t0, 1)
-    if not tasks:
-        log("no tasks: nothing to collect")
-        return report
-
-    t0 = time.monotonic()
-    with LocalServices(settings, opts.workers, log=log) as services:
+    with ExitStack() as stack:
+        services = None
+        if opts.issue_fix:  # certificates need an env server now, not only for the collection
+            services = stack.enter_context(LocalServices(settings, opts.workers, log=log))
+            services.ensure_envserver()
+            t0 = time.monotonic()
+            fetched = [spec for spec, r in zip(specs, records) if r.status != "clone" and spec.kind != "pypi"]
+            tasks += _mine(fetched, settings, opts, bar, report, log)
+            report.seconds["mine"] = round(time.monotonic() - t0, 1)
+        report.tasks = len(tasks)
+        if not tasks:
+            log("no tasks: nothing to collect")
+            return report
+        t0 = time.monotonic()
+        services = services or stack.enter_context(LocalServices(settings, opts.workers, log=log))
         conn = connect(settings.redis_url)
         report.collection = f"run-{collection_name(report.policy, report.model)}"
         spec = EpisodeSpec(policy=policy, max_turns=opts.max_turns, episode_timeout=opts.episode_timeout)
@@ -134,6 +153,32 @@ def run(opts: RunOptions, settings: Settings, bar, policy, log=print, stop_event
             stop_when=lambda: not services.pool_alive() or (stop_event is not None and stop_event.is_set()))
         report.seconds["collect"] = round(time.monotonic() - t0, 1)  # services started on the way included
     return report
+
+
+def _mine(gits: list[RepoSpec], settings: Settings, opts: RunOptions, bar, report: RunReport, log) -> list[Task]:
+    """Issue-fix tasks from the history of each git entry (at most tasks_per_repo kept per entry)."""
+    overall = bar.add_task("mine", total=len(gits), status="")
+    options = MineOptions(max_commits=opts.mine_max_commits, max_tasks=opts.tasks_per_repo)
+    found: list[Task] = []
+    with EnvClient(settings.envserver_url, token=settings.envserver_token) as grader:
+        for spec in gits:
+            t = bar.add_task(f"  {spec.name}", total=None, status="scanning history")
+            try:
+                where = mining_target(spec, settings, log=log)
+                options.revisions = where.revisions
+                rep = mine(where.history, spec.name, settings, build=parent_builder(spec, settings), grader=grader,
+                           options=options, source=where.source,
+                           on_progress=lambda d, n, st, t=t: bar.update(t, completed=d, total=n, status=st))
+            except ForagerError as exc:  # e.g. a local directory that is not a git repository: no history
+                report.mine_failures[spec.name] = str(exc)[:200]
+                bar.update(t, status="no history")
+            else:
+                mine_tasks = rep.tasks[: opts.tasks_per_repo]
+                report.mined_by_repo[spec.name] = len(mine_tasks)
+                found += mine_tasks
+                bar.update(t, status=f"{len(mine_tasks)} tasks")
+            bar.update(overall, advance=1)
+    return found
 
 
 def _synthesize(records: list[ImageRecord], settings: Settings, opts: RunOptions, bar, report: RunReport) -> list[Task]:
@@ -179,6 +224,8 @@ def run_cmd(
     policy_param: list[str] = typer.Option([], "--policy-param", help="KEY=VALUE passed to the policy (JSON values)"),
     max_turns: int = typer.Option(30, "--max-turns", min=1),
     episode_timeout: int = typer.Option(1800, "--episode-timeout", min=10),
+    issue_fix: bool = typer.Option(False, "--issue-fix", help="also mine issue-fix tasks from the list's git entries"),
+    mine_max_commits: int = typer.Option(30, "--mine-max-commits", min=1, help="with --issue-fix: commits walked per entry"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON document on stdout"),
 ) -> None:
     """The whole job on this machine: build images, synthesize tasks, collect trajectories, summarize.
@@ -193,7 +240,7 @@ def run_cmd(
                                 settings, json_out)
     opts = RunOptions(repos=repos, max_repos=max_repos, tasks_per_repo=tasks_per_repo, max_candidates=max_candidates,
                       attempts=attempts, workers=workers, jobs=jobs, synth_workers=synth_workers, max_turns=max_turns,
-                      episode_timeout=episode_timeout)
+                      episode_timeout=episode_timeout, issue_fix=issue_fix, mine_max_commits=mine_max_commits)
     started = time.monotonic()
     interruptible()  # SIGTERM unwinds, so the services this run started are stopped
     try:
@@ -225,6 +272,10 @@ def print_run_summary(s: dict) -> None:
     for repo, why in {**r["build_failures"], **r["synth_failures"]}.items():
         table.add_row("", f"[yellow]{repo}[/]: {why[:90]}")
     table.add_row("tasks", f"{s['tasks']} (" + ", ".join(f"{k} {v}" for k, v in s["tasks_by_repo"].items()) + ")")
+    if "mined_by_repo" in s:
+        table.add_row("issue-fix", ", ".join(f"{k} {v}" for k, v in s["mined_by_repo"].items()) or "none")
+        for repo, why in s["mine_failures"].items():
+            table.add_row("", f"[yellow]{repo}[/]: {why[:90]}")
     table.add_row("trajectories", f"{s['trajectories']} (failed jobs: {s['failed_jobs']})")
     table.add_row("solve rate", f"{s['solve_rate']:.0%}")
     table.add_row("mean steps", f"{s['mean_steps']:g}")

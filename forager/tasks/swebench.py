@@ -1,27 +1,36 @@
-"""Issue-fix tasks from SWE-bench's instance format (JSONL).
+"""Issue-fix tasks from SWE-bench's instance format (JSONL), and any task set back out to it.
 
 Fields read: instance_id, repo, base_commit, problem_statement, test_patch, patch, FAIL_TO_PASS,
 PASS_TO_PASS (JSON-encoded string lists or real lists). Optional: `source`, a list entry that
 overrides where the code comes from (a local path, a git URL, `pypi:NAME==VERSION`), for hosts that
-cannot reach GitHub; and `test_command`, `python`, `install` overrides for the builder.
+cannot reach GitHub; `test_command`, `python`, `install` overrides for the builder; and `setup_patch`,
+the broken start state of a task that is not a commit (Forager's mutate-fix tasks).
+
+Export writes the same fields (FAIL_TO_PASS/PASS_TO_PASS JSON-encoded, as SWE-bench does) plus `source`,
+`test_command`, `version`, `environment_setup_commit`, `created_at` and `hints_text`, so importing an
+export gives the same tasks: same ids, patches, tests and problem statements.
 
 The builder makes the image at base_commit; grading restores the touched test files, applies the
-test_patch and runs the named tests. Malformed records are reported by line and skipped.
+test_patch and runs the image's test command narrowed to the test modules the test patch touches and the
+graded tests live in (SWE-bench's own convention). Malformed records are reported by line and skipped.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from forager.config import Settings
 from forager.models import ImageRecord, Task
+from forager.tasks.failtopass import narrowed_command
+from forager.tasks.history import is_test_module
 from forager.tasks.store import append_tasks, load_tasks, tasks_path
 
 
@@ -38,6 +47,7 @@ class SWEInstance(BaseModel):
     test_command: str | None = None
     python: str | None = None
     install: list[str] | None = None
+    setup_patch: str = ""
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod
@@ -100,6 +110,15 @@ def patch_files(patch: str) -> tuple[list[str], list[str]]:
     return existing, created
 
 
+def graded_command(image_command: str, test_patch: str, tests: list[str]) -> str:
+    """The image's test command narrowed to the test modules the test patch leaves and the graded tests live in
+    (what SWE-bench runs too); the whole command when a graded test names no file or the command is not pytest."""
+    if not tests or any("::" not in t for t in tests):
+        return image_command
+    kept = {m.group(1) for m in re.finditer(r"^\+\+\+ b/(\S+)", test_patch, re.M) if is_test_module(m.group(1))}
+    return narrowed_command(image_command, sorted(kept | {t.split("::")[0] for t in tests}))
+
+
 def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
     existing, created = patch_files(inst.test_patch)
     id_files = {t.split("::")[0] for t in inst.FAIL_TO_PASS + inst.PASS_TO_PASS if "::" in t}
@@ -111,9 +130,13 @@ def to_task(inst: SWEInstance, record: ImageRecord) -> Task:
         commit=record.commit or inst.base_commit,
         workdir=record.workdir,
         problem_statement=inst.problem_statement,
+        setup_patch=inst.setup_patch,
         test_patch=inst.test_patch,
-        test_files=sorted((set(existing) | id_files) - set(created)),
-        test_command=record.test_command or "python -m pytest",
+        # created files too: grading removes them before the test patch creates them (an agent's file of the
+        # same name would otherwise make the patch fail to apply)
+        test_files=sorted(set(existing) | set(created) | id_files),
+        test_command=graded_command(record.test_command or "python -m pytest", inst.test_patch,
+                                    inst.FAIL_TO_PASS + inst.PASS_TO_PASS),
         fail_to_pass=inst.FAIL_TO_PASS,
         pass_to_pass=inst.PASS_TO_PASS,
         gold_patch=inst.patch,
@@ -156,3 +179,47 @@ def import_instances(
         if on_progress:
             on_progress(i, len(instances), inst.instance_id)
     return report
+
+
+def to_instance(task: Task, source: str | None = None, version: str | None = None,
+                image_command: str | None = None) -> dict[str, Any]:
+    """A task as one SWE-bench record; `source` is the list entry that builds its image and `image_command` the
+    image's whole test command (both from the catalog): import narrows it again exactly as the task does."""
+    record: dict[str, Any] = {
+        "instance_id": task.id,
+        "repo": task.repo,
+        "base_commit": task.commit,
+        "patch": task.gold_patch,
+        "test_patch": task.test_patch,
+        "problem_statement": task.problem_statement,
+        "hints_text": "",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(task.created_at)),
+        "version": version or "",
+        "FAIL_TO_PASS": json.dumps(task.fail_to_pass),
+        "PASS_TO_PASS": json.dumps(task.pass_to_pass),
+        "environment_setup_commit": task.commit,
+        "source": source,
+        "test_command": image_command or task.test_command,
+    }
+    if task.setup_patch:
+        record["setup_patch"] = task.setup_patch
+    return record
+
+
+def package_version(pip_freeze: list[str]) -> str | None:
+    """The version of the editable install in a `pip freeze` (the repository itself), if it says."""
+    for line in pip_freeze:
+        m = re.match(r"^# Editable .*\((\S+)==(\S+)\)\s*$", line)  # "# Editable Git install with no remote (x==1.0)"
+        if m:
+            return m.group(2)
+    return None
+
+
+def export_instances(tasks: list[Task], out: IO[str], sources: dict[str, ImageRecord] | None = None) -> int:
+    """Write `tasks` as SWE-bench JSONL to `out`; `sources` maps an image tag to its catalog record."""
+    for task in tasks:
+        rec = (sources or {}).get(task.image)
+        freeze = (task.certificate.pip_freeze if task.certificate else []) or (rec.pip_freeze if rec else [])
+        out.write(json.dumps(to_instance(task, rec.source if rec else None, package_version(freeze),
+                                         rec.test_command if rec else None)) + "\n")
+    return len(tasks)
