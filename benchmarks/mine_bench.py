@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -54,12 +55,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TOKEN = secrets.token_hex(16)  # the private env server's token (every env server requires one)
+
+
 def start_envserver(home: Path) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
     log = open(home / "envserver.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "envserver", "--port", str(port), "--allow", "forager/*"],
+    proc = subprocess.Popen([sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port),
+                             "--allow", "forager/*"],
                             env={**os.environ, "FORAGER_HOME": str(home / "envserver-home")}, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -119,7 +124,7 @@ def main() -> None:
     server, url = start_envserver(home)
     per_repo, scan_rules, validation = [], Counter(), Counter()
     try:
-        with EnvClient(url) as grader, progress() as bar:
+        with EnvClient(url, token=TOKEN) as grader, progress() as bar:
             for item in args.repo or DEFAULT_REPOS:
                 name, _, path = item.partition("=")
                 history = str(local_clone(name, path, home / "sources"))
