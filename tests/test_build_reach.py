@@ -9,6 +9,8 @@ import re
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -186,31 +188,50 @@ import socket
 
 from setuptools import setup
 
-# Try the host's Redis on loopback from inside the build, as a hostile setup.py would.
-try:
-    with socket.create_connection(("127.0.0.1", {port}), timeout=5) as conn:
-        conn.sendall(b"PING\\r\\n")
-        result = "reply: " + conn.recv(64).decode(errors="replace")
-except OSError as exc:
-    result = f"{{type(exc).__name__}}: {{exc}}"
-print("FORAGER-PROBE", result)
+# Try the host's services on loopback from inside the build, as a hostile setup.py would.
+results = []
+for port in {ports}:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"PING\\r\\n")
+            results.append(f"{{port}} reply: " + conn.recv(64).decode(errors="replace"))
+    except OSError as exc:
+        results.append(f"{{port}} {{type(exc).__name__}}: {{exc}}")
+print("FORAGER-PROBE", results)
 with open("/tmp/forager-probe.txt", "w") as out:
-    out.write(result)
+    out.write("\\n".join(results))
 setup(name="probe", version="1", packages=["probe"])
 """
 
 
-def test_a_build_cannot_reach_redis_on_the_hosts_loopback(base_image, images_home, tmp_path, redis_url):
-    port = urlparse(redis_url).port
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:  # the server is there for the host
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_build_cannot_reach_redis_or_an_http_server_on_the_hosts_loopback(base_image, images_home, tmp_path,
+                                                                            redis_url):
+    """Redis and an HTTP server (as the env server is) listen on the host's loopback: a build reaches neither."""
+    redis_port = urlparse(redis_url).port
+    with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as conn:  # the server is there for the host
         conn.sendall(b"PING\r\n")
-        assert conn.recv(64).startswith(b"+PONG")
-    repo, _ = write_repo(tmp_path / "probe", {"pyproject.toml": PYPROJECT, "setup.py": PROBE_SETUP.format(port=port),
-                                              "probe/__init__.py": "", "tests/test_p.py": "def test_p():\n    pass\n"})
-    record = build_repo(parse_entry(str(repo)), Settings(home=images_home), options())
+        assert conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # it answers (with a password, NOAUTH)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        ports = [redis_port, http.server_address[1]]
+        repo, _ = write_repo(tmp_path / "probe", {"pyproject.toml": PYPROJECT, "setup.py": PROBE_SETUP.format(ports=ports),
+                                                  "probe/__init__.py": "", "tests/test_p.py": "def test_p():\n    pass\n"})
+        record = build_repo(parse_entry(str(repo)), Settings(home=images_home), options())
+    finally:
+        http.shutdown()
     assert record.status == "ok", f"{record.status}: {record.reason}"
-    seen = run_in(record.tag, "cat /tmp/forager-probe.txt")
-    assert "ConnectionRefusedError" in seen and "PONG" not in seen
+    seen = run_in(record.tag, "cat /tmp/forager-probe.txt").splitlines()
+    assert len(seen) == 2 and all("ConnectionRefusedError" in line for line in seen), seen
 
 
 def test_the_base_image_pip_conf_holds_no_credentials(base_image):
