@@ -94,8 +94,7 @@ class Manager:
         self._graders: dict[str, Grader] = {}
         self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
-        self._stop_events = None
-        self.startup_removed = 0
+        self._stop_events, self.startup_removed = None, 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,8 +188,7 @@ class Manager:
         return env
 
     async def delete(self, env_id: str) -> None:
-        env = self.get(env_id)
-        self.envs.pop(env_id, None)
+        env = self.envs.pop(env_id, None) or self.get(env_id)
         self._tombstone(env_id, "deleted")
         await self._remove_env(env)
 
@@ -250,8 +248,7 @@ class Manager:
         except BaseException:
             self.owned.discard(grader_id)
             raise
-        grader = Grader(grader_id, image, cid)
-        self._graders[cid] = grader
+        grader = self._graders[cid] = Grader(grader_id, image, cid)
         return grader
 
     async def _remove_grader(self, grader: Grader) -> None:
@@ -324,6 +321,9 @@ class Manager:
             self.owned.discard(env.id)
             if env.fork_image:
                 await world.release_image(self, env.fork_image, env.id)
+            if env.grading and not any(e.grading and e.image == env.image and e.status == "running"
+                                       for e in self.envs.values()):  # no submit can come: no warm grader
+                await asyncio.gather(*map(self._remove_grader, self.graders.release(env.image)))
 
     def _container_died(self, container_id: str) -> None:
         grader = self._graders.get(container_id)

@@ -38,6 +38,11 @@ class WarmPool:
         self._refill(image)
         return env
 
+    def release(self, image: str) -> list:
+        """Nothing will want `image` again: stop refilling it; its warm envs are handed back to be removed."""
+        self.targets.pop(image, None)
+        return list(self.ready.pop(image, ()))
+
     def discard_dead(self, env) -> bool:
         queue = self.ready.get(env.image)
         if queue and env in queue:
@@ -72,7 +77,7 @@ class WarmPool:
             return
         finally:
             self._starting[image] -= 1
-        if self.closed:
+        if self.closed or image not in self.targets:  # closed, or released while this one started
             await self._discard(env)
             return
         self.failures.pop(image, None)

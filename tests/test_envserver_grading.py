@@ -6,6 +6,8 @@ import pytest
 
 from envserver.client import BadRequest
 from envserver.models import GradingSpec
+from tests.fixtures_envserver import containers_of, start_envserver, stop_envserver
+from tests.test_envserver_lifecycle import wait_for
 
 MUTATION = """\
 diff --git a/calc.py b/calc.py
@@ -129,3 +131,24 @@ def test_absent_test_is_failed_and_test_patch_is_applied(client, make_env):
     # the hidden test patch does not stay behind for the agent
     assert client.shell(env.id, "test -e tests/test_extra.py || echo gone").output == "gone\n"
     assert client.shell(env.id, "git status --porcelain").output == ""
+
+
+def test_no_warm_grader_outlives_the_last_env_of_its_image(envtest_image, docker_client):
+    """Mined tasks have an image each: a warm grader kept per image ever graded would pile up (it did: one per
+    task in a mining run). Once the last gradable env of an image is deleted, its warm graders go too."""
+    server = start_envserver()
+    try:
+        graders = lambda: [c for c in containers_of(docker_client, server.server_id)  # noqa: E731
+                           if c["Labels"].get("forager.kind") == "grader"]
+        spec = GradingSpec(test_command="python -m pytest -q tests", test_files=["tests/test_calc.py"],
+                           fail_to_pass=[ADD], pass_to_pass=[SUB], timeout=120)
+        with server.client() as c:
+            first, second = (c.create_env(envtest_image, ttl=600, grading=spec) for _ in range(2))
+            wait_for(lambda: len(graders()) == 1, "a warm grader for the image")
+            c.delete_env(first.id)  # another env of the image may still submit: the grader stays
+            assert len(graders()) == 1 and c.health()["grading_pool"][envtest_image]["target"] == 1
+            c.delete_env(second.id)
+            wait_for(lambda: not graders(), "the warm grader's removal")
+            assert envtest_image not in c.health()["grading_pool"]
+    finally:
+        stop_envserver(server)
