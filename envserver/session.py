@@ -166,6 +166,8 @@ class BashSession:
             path = f"/tmp/forager-cmd-{token}"
             await asyncio.to_thread(self.backend.write_file, self.container_id, path, command.encode())
             line = f'builtin eval "$(< {path})" </dev/null 2>&1; {_sentinel(token, "$?")}; rm -f {path}\n'
+        if self._writer is None:  # closed while this call waited (its env's container died): the caller says why
+            raise SessionDied("the shell session was closed")
         out = Output(self._pending)
         self._pending = b""
         self._clean = False

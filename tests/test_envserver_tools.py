@@ -211,3 +211,29 @@ def test_a_slow_command_in_one_env_does_not_hold_up_another(envserver, envtest_i
             assert finished == ["quick", "slow"]
 
     asyncio.run(scenario())
+
+
+def test_a_session_closed_under_a_waiting_call_is_a_dead_session_not_a_crash(envtest_image):
+    """The env's container dies while a shell call waits its turn: the death handler closes the session, and
+    the call must end as a dead session (the server answers env_gone), not an AttributeError (HTTP 500)."""
+    import asyncio
+    import time
+
+    from envserver.docker_backend import Backend
+    from envserver.session import BashSession, SessionDied
+
+    async def run_after_close() -> None:
+        backend = Backend()
+        cid, _ = backend.start_container(envtest_image, labels={"forager.kind": "test", "forager.expires": str(
+            int(time.time()) + 300)}, cpus=1, memory_mb=512, pids=128)
+        try:
+            session = BashSession(backend, cid, "/repo")
+            await session.start()
+            assert (await session.run("echo ok", 30)).output.strip() == b"ok"
+            await session.close()
+            with pytest.raises(SessionDied, match="closed"):
+                await session.run("echo still here?", 30)
+        finally:
+            backend.remove(cid)
+
+    asyncio.run(run_after_close())
