@@ -120,6 +120,13 @@ def stop_envserver(server: EnvServer, kill: bool = False) -> None:
             server.proc.wait(10)
 
 
+def labelled_container(backend, image: str) -> str:
+    """A container of `image` started through the Backend, labelled so the reaper removes it if a test dies."""
+    cid, _ = backend.start_container(image, labels={"forager.kind": "test", "forager.expires": str(int(time.time()) + 300)},
+                                     cpus=1, memory_mb=512, pids=128)
+    return cid
+
+
 def containers_of(docker_client, server_id: str) -> list[dict]:
     """Containers labelled with this server id, as the Engine API lists them (dicts with Id, Labels, State)."""
     # The low-level list: docker-py's high-level one inspects each container and races with removals.

@@ -217,15 +217,14 @@ def test_a_session_closed_under_a_waiting_call_is_a_dead_session_not_a_crash(env
     """The env's container dies while a shell call waits its turn: the death handler closes the session, and
     the call must end as a dead session (the server answers env_gone), not an AttributeError (HTTP 500)."""
     import asyncio
-    import time
 
     from envserver.docker_backend import Backend
+    from tests.fixtures_envserver import labelled_container
     from envserver.session import BashSession, SessionDied
 
     async def run_after_close() -> None:
         backend = Backend()
-        cid, _ = backend.start_container(envtest_image, labels={"forager.kind": "test", "forager.expires": str(
-            int(time.time()) + 300)}, cpus=1, memory_mb=512, pids=128)
+        cid = labelled_container(backend, envtest_image)
         try:
             session = BashSession(backend, cid, "/repo")
             await session.start()

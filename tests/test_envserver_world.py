@@ -131,16 +131,15 @@ def test_the_find_probe_records_what_the_walker_does_and_a_killed_probe_comes_ba
     """Images without python3 get the `find` probe: same digests. The agent may kill the probe: that step
     records nothing, the next one records again."""
     import asyncio
-    import time
 
     from envserver.docker_backend import Backend
+    from tests.fixtures_envserver import labelled_container
     from envserver.session import BashSession
     from envserver.state import Contents, StateTracker
 
     async def digests(no_walker: bool) -> list[str]:
         backend = Backend()
-        cid, _ = backend.start_container(envtest_image, labels={"forager.kind": "test", "forager.expires": str(
-            int(time.time()) + 300)}, cpus=1, memory_mb=512, pids=128)
+        cid = labelled_container(backend, envtest_image)
         try:
             session = BashSession(backend, cid, "/repo")
             await session.start()
