@@ -15,6 +15,7 @@ disk quota where the storage driver supports one (overlay2 on XFS with project q
 from __future__ import annotations
 
 import functools
+import os
 import select
 import socket
 import tarfile
@@ -38,6 +39,10 @@ LIFELINE_INIT = 'trap "" TERM INT HUP QUIT USR1 USR2; while read -r _; do :; don
 # Docker's default set minus what an env never needs (mknod, raw sockets, file capabilities, chroot,
 # audit): root in an env can still install packages, chown files and kill its own processes.
 KEEP_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP", "NET_BIND_SERVICE"]
+# Network "none" is a namespace with loopback only. Docker turns IPv6 off in it, yet its /etc/hosts names ::1
+# localhost, so a test suite that binds "localhost" fails (every websockets test did); loopback gets IPv6 back
+# where the kernel has it.
+LOOPBACK_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "0"} if os.path.exists("/proc/sys/net/ipv6") else None
 
 
 def _docker_errors(fn):
@@ -139,12 +144,14 @@ class Backend:
             cap_add=KEEP_CAPS,
             storage_opt=storage,
             auto_remove=lifeline,
+            sysctls=LOOPBACK_IPV6 if network_mode == "none" else None,
         )
         try:
             cid = self.api.create_container(
                 image, entrypoint=["/bin/bash", "-c", LIFELINE_INIT if lifeline else ENV_INIT], command=[],
                 name=name, labels=labels, host_config=host_config, environment=env, working_dir=workdir,
-                network_disabled=network_mode == "none", stdin_open=lifeline, detach=not lifeline,
+                # not network_disabled: that also leaves /etc/hosts empty, and "localhost" would not resolve
+                stdin_open=lifeline, detach=not lifeline,
             )["Id"]
         except docker.errors.ImageNotFound:  # removed from the host since we looked
             self._image_cache.pop(image, None)

@@ -9,7 +9,7 @@ Stable Python API (other packages call these; keep the signatures):
     from images.build import build_list, build_repo, BuildOptions
     records = build_list(specs, settings, jobs=2, force=False, progress=None)   # -> list[ImageRecord], in order
     record = build_repo(spec, settings)                                          # -> ImageRecord
-    # options=BuildOptions(min_pass_rate=0.9, test_timeout=600, runs=2, push="REGISTRY/PREFIX",
+    # options=BuildOptions(min_pass_rate=0.9, test_timeout=1200, runs=2, push="REGISTRY/PREFIX",
     #                      per_test_timeout=60, resolve_at="commit"|"today", make_base=True, install_host_packages=None)
     from images.history import expand_commits
     specs, notes = expand_commits(specs, settings.mirror_dir, 5)   # `--commits 5`: parents of test-touching commits

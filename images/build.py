@@ -38,7 +38,7 @@ STAGES = ("fetch", "detect", "deps", "repo", "validate")
 class BuildOptions:
     force: bool = False
     min_pass_rate: float = 0.9
-    test_timeout: int = 600  # seconds per validation run
+    test_timeout: int = 1200  # seconds per validation run: the backstop (greenlet's suite: 700 s on a loaded host)
     runs: int = 2  # validation runs; outcomes that differ between them are flaky
     push: str | None = None  # REGISTRY/PREFIX to tag and push ok images to
     no_cache: bool = False  # also bypass Docker's layer cache (cold-build measurements)

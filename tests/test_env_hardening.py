@@ -145,3 +145,26 @@ def test_a_disk_quota_holds_inside_the_env(client, envtest_image):
     finally:
         client.delete_env(env.id)
     assert free - shutil.disk_usage("/").free < 2**30  # the host kept its space (the quota is 256 MB)
+
+
+LOOPBACK_PROBE = """python3 - <<'EOF'
+import socket
+print(sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]),
+      len(open("/proc/net/route").read().splitlines()) - 1)
+print(sorted({info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}))
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    server = socket.socket(family)
+    server.bind((host, 0))
+    server.listen()
+    client = socket.create_connection((host, server.getsockname()[1]), timeout=5)
+    client.sendall(b"ping")
+    print(server.accept()[0].recv(4).decode(), end=" ")
+EOF"""
+
+
+def test_an_env_has_loopback_only_and_localhost_works_on_ipv4_and_ipv6(client, env):
+    # No interface but lo and no route out; yet "localhost" resolves and serves on both families, as a test
+    # suite that starts a server on localhost needs (Docker's network-disabled mode left /etc/hosts empty,
+    # and its IPv6-off default made ::1, which /etc/hosts names localhost, unbindable).
+    out = client.shell(env.id, LOOPBACK_PROBE, timeout=60)
+    assert out.output.split("\n") == ["['lo'] 0", "['127.0.0.1', '::1']", "ping ping "], out.output
