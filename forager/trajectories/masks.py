@@ -12,6 +12,10 @@ Each rule is (name, pattern, replacement), applied in this order to the text the
 - `datetime`: ISO dates and times (`2024-05-01T12:00:03.123Z`, `2024-05-01 12:00`), clock times (`12:00:03`),
   `ls -l` and `date` dates (`May  1 12:00`, `Jan  1  2000`, `Wed May  1 12:00:03 UTC 2024`), unix times
   (10-digit numbers starting with 1, optionally with a fraction)
+- `benchmark`: pytest-benchmark's result tables, which are timings through and through: the title's dash
+  padding, the header's unit and spacing, the rules, and each row's figures (a row keeps only its test
+  name; rows are sorted, since the table is ordered by the measured minimum). Only inside a table (from
+  its title, header or first row to the next blank line); applied first.
 """
 
 from __future__ import annotations
@@ -37,7 +41,40 @@ RULES: list[tuple[str, re.Pattern, str]] = [
 ]
 
 
+_BENCH_TITLE = re.compile(r"^-+ (benchmark(?: '[^']*')?: \d+ tests?) -+$")
+_BENCH_HEADER = re.compile(r"^Name \(time in \S+\)\s")
+_BENCH_FIGURE = re.compile(r"[\d,]+(?:\.\d+)? \(>?[\d.]+\)")  # `52,613,604.9994 (1.09)`: a value and its ratio
+_RULE = re.compile(r"^-{10,}$")
+
+
+def mask_benchmark_tables(text: str) -> str:
+    out: list[str] = []
+    rows: list[str] = []
+    in_table = False
+    for line in text.split("\n"):
+        if len(_BENCH_FIGURE.findall(line)) >= 3 and not line[:1].isspace():
+            rows.append(f"<BENCHMARK ROW {line.split()[0]}>")
+            in_table = True
+            continue
+        out.extend(sorted(rows))
+        rows = []
+        if title := _BENCH_TITLE.match(line):
+            out.append(f"<{title[1]}>")
+            in_table = True
+        elif _BENCH_HEADER.match(line):
+            out.append("<BENCHMARK HEADER>")
+            in_table = True
+        elif in_table and _RULE.match(line):
+            out.append("<BENCHMARK RULE>")
+        else:
+            in_table = in_table and line.strip() != ""
+            out.append(line)
+    out.extend(sorted(rows))
+    return "\n".join(out)
+
+
 def mask(text: str) -> str:
+    text = mask_benchmark_tables(text)
     for _name, pattern, replacement in RULES:
         text = pattern.sub(replacement, text)
     return text
