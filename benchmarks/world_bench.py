@@ -5,10 +5,13 @@
      step's env time), the step time ratio on/off, and a no-op shell round trip on/off;
   2. replay: the main job's trajectories (read-only, from $FORAGER_HOME) and the oracle episodes of part 1,
      replayed in fresh envs: share of steps identical, and the nondeterminism catalog;
-  3. forks of a task env (after a few steps) for 1, 4 and 16 forks: `POST /envs/{id}/fork` (docker commit +
-     containers from it) latency and disk per fork, against a cold env from the warm pool (POST /envs, pool
-     ready) and a cold `POST /envs` (no pool); and the alternative mechanism measured with the Docker SDK:
-     the workdir copied through the archive API into warm containers (it would lose changes outside it).
+  3. forks of a task env (after a few steps) for 1, 4 and 16 forks: `POST /envs/{id}/fork` latency and disk
+     per fork, by the server's own mechanism (a snapshot of the env's btrfs layer where Docker runs on btrfs)
+     and by `docker commit` (a second server, --fork-mechanism commit), against an env from the warm pool
+     (POST /envs, pool ready) and a cold `POST /envs` (no pool); and a third mechanism measured with the
+     Docker SDK: the workdir copied through the archive API into started containers (it would lose changes
+     outside the workdir). Disk per fork: a snapshot's exclusive bytes (btrfs qgroup), a commit's layer
+     shared by the forks plus each one's changes.
 
 Targets: state recording <= 10% of step time; >= 99% of oracle steps replay identically; a fork ready in
 under 1 s. The storage driver measured on is printed. The last line is one JSON object with every figure.
@@ -59,10 +62,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(catalog: Path, pool: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(catalog: Path, pool: list[str], *args: str) -> tuple[subprocess.Popen, str]:
     port, home = free_port(), tempfile.mkdtemp(prefix="world-bench-")
     cmd = [sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port), "--catalog", str(catalog),
-           "--server-id", f"world-bench-{os.getpid()}", "--max-envs", "128"]
+           "--server-id", f"world-bench-{os.getpid()}-{port}", "--max-envs", "128", *args]
     for image in pool:
         cmd += ["--pool", f"{image}=1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL,
@@ -154,10 +157,55 @@ def rw_bytes(api, container_id: str) -> int:
     return api._result(api._get(api._url("/containers/{0}/json", container_id), params={"size": 1}), True).get("SizeRw") or 0
 
 
-def bench_forks(client: EnvClient, dclient, task: Task, counts: list[int]) -> dict:
+def exclusive_bytes(snapshots, container_id: str) -> int | None:
+    """Bytes only this container's btrfs layer holds (its qgroup's `excl`): what a fork costs on disk."""
+    if snapshots is None:
+        return None
+    layer = snapshots.layer(container_id)
+    subprocess.run(["btrfs", "filesystem", "sync", str(layer)], check=True, capture_output=True)
+    rootid = subprocess.run(["btrfs", "inspect-internal", "rootid", str(layer)], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    shown = subprocess.run(["btrfs", "qgroup", "show", "--raw", "-f", str(layer)], capture_output=True, text=True).stdout
+    for line in shown.splitlines():
+        if line.split()[:1] == [f"0/{rootid}"]:
+            return int(line.split()[2])
+    return None
+
+
+def measure_forks(client: EnvClient, dclient, src, n: int, base_image: str, prefix: str, out: dict,
+                  snapshots=None) -> None:
+    t0 = time.perf_counter()
+    forks = client.fork(src.id, n)
+    seconds = time.perf_counter() - t0
+    first = client.shell(forks[0].id, "cat /repo/NOTES.txt; echo $STAGE; pwd").output
+    assert first == "note\n1\n/tmp\n", first
+    rw = [rw_bytes(dclient.api, f.container_id) for f in forks]
+    image = dclient.api.inspect_container(forks[0].container_id)["Image"]
+    layer = dclient.api.inspect_image(image)["Size"] - dclient.api.inspect_image(base_image)["Size"]
+    # disk: a commit's layer shared by the n forks plus each one's writes; a snapshot shares the source's blocks
+    # (only what differs is its own: the qgroup's exclusive bytes), so its changed-file size is an upper bound
+    excl = [exclusive_bytes(snapshots, f.container_id) for f in forks] if not layer else []
+    for f in forks:
+        client.delete_env(f.id)
+    out[f"{prefix}{n}_s"] = round(seconds, 3)
+    out[f"{prefix}{n}_per_fork_s"] = round(seconds / n, 3)
+    out[f"{prefix}{n}_changed_bytes_per_fork"] = int(statistics.mean(rw))
+    out[f"{prefix}{n}_disk_per_fork_bytes"] = (int(statistics.mean(excl)) if excl and None not in excl
+                                              else int(layer / n + statistics.mean(rw)))
+    out[f"{prefix}{n}_vs_pool_env"] = round(seconds / out["pool_env_s"], 2)
+    out[f"{prefix}{n}_vs_cold_env_x_n"] = round(seconds / (out["cold_env_s"] * n), 2)
+    log(f"{prefix} x{n}: {seconds:.2f}s ({out[f'{prefix}{n}_disk_per_fork_bytes']} B on disk per fork)")
+
+
+def bench_forks(client: EnvClient, commit_client: EnvClient, dclient, task: Task, counts: list[int]) -> dict:
+    """Forks by the server's own mechanism (a btrfs layer snapshot here) and by docker commit (a second server,
+    --fork-mechanism commit), for each count, against envs from the warm pool and cold ones."""
+    from envserver.layers import LayerSnapshots
+
+    snapshots = LayerSnapshots.find(dclient.api.info())
     req = env_request(task)
     kwargs = dict(setup_patch=req.setup_patch, grading=req.grading, workdir=req.workdir)
-    out: dict = {}
+    out: dict = {"fork_mechanism": "snapshot" if snapshots else "commit"}
     # baselines: a task env from the warm pool, and a cold one
     pooled, cold = [], []
     for _ in range(3):
@@ -175,36 +223,25 @@ def bench_forks(client: EnvClient, dclient, task: Task, counts: list[int]) -> di
         client.delete_env(e.id)
     out.update(pool_env_s=round(statistics.median(pooled), 3), cold_env_s=round(statistics.median(cold), 3),
                env_rw_bytes=rw_cold)
-    src = client.create_env(task.image, ttl=1200, **kwargs)
-    try:
-        client.shell(src.id, "echo note > NOTES.txt && cd /tmp && export STAGE=1 && pip list >/dev/null")
-        commits = []  # the commit alone, for the breakdown of a fork's time
-        for _ in range(3):
-            t0 = time.perf_counter()
-            made = dclient.api.commit(src.container_id, repository="forager-bench/commit", tag=secrets.token_hex(4))
-            commits.append(time.perf_counter() - t0)
-            dclient.api.remove_image(made["Id"], force=True)
-        out["commit_only_s"] = round(statistics.median(commits), 3)
-        for n in counts:
-            t0 = time.perf_counter()
-            forks = client.fork(src.id, n)
-            seconds = time.perf_counter() - t0
-            first = client.shell(forks[0].id, "cat /repo/NOTES.txt; echo $STAGE; pwd").output
-            assert first == "note\n1\n/tmp\n", first
-            rw = [rw_bytes(dclient.api, f.container_id) for f in forks]
-            image = dclient.api.inspect_container(forks[0].container_id)["Image"]
-            layer = dclient.api.inspect_image(image)["Size"] - dclient.api.inspect_image(task.image)["Size"]
-            for f in forks:
-                client.delete_env(f.id)
-            out[f"fork{n}_s"] = round(seconds, 3)
-            out[f"fork{n}_per_fork_s"] = round(seconds / n, 3)
-            out[f"fork{n}_disk_per_fork_bytes"] = int(layer / n + statistics.mean(rw))
-            out[f"fork{n}_vs_pool_env"] = round(seconds / out["pool_env_s"], 2)
-            out[f"fork{n}_vs_cold_env_x_n"] = round(seconds / (out["cold_env_s"] * n), 2)
-            log(f"fork x{n}: {seconds:.2f}s, commit layer {layer} B, rw {statistics.mean(rw):.0f} B per fork")
-            out.update(bench_copy(dclient, src.container_id, task.image, req.workdir, n))
-    finally:
-        client.delete_env(src.id)
+    for prefix, each in (("fork", client), ("commit_fork", commit_client)):
+        src = each.create_env(task.image, ttl=1200, **kwargs)
+        try:
+            each.shell(src.id, "echo note > NOTES.txt && cd /tmp && export STAGE=1 && pip list >/dev/null")
+            if prefix == "commit_fork":
+                commits = []  # the commit alone, for the breakdown of a fork's time
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    made = dclient.api.commit(src.container_id, repository="forager-bench/commit", tag=secrets.token_hex(4))
+                    commits.append(time.perf_counter() - t0)
+                    dclient.api.remove_image(made["Id"], force=True)
+                out["commit_only_s"] = round(statistics.median(commits), 3)
+            for n in counts:
+                for _ in range(2 if n == 1 else 1):  # x1 twice: the figure is the second (the first warms caches)
+                    measure_forks(each, dclient, src, n, task.image, prefix, out, snapshots)
+                if prefix == "fork":
+                    out.update(bench_copy(dclient, src.container_id, task.image, req.workdir, n))
+        finally:
+            each.delete_env(src.id)
     return out
 
 
@@ -253,6 +290,8 @@ def main() -> None:
     chosen = sorted(by_repo.values(), key=lambda t: t.repo)[: args.repos]
     fork_task = max(chosen, key=lambda t: len(t.repo))  # any default-list task; the name only makes it stable
     proc, url = start_server(args.home / "catalog.jsonl", [fork_task.image])
+    commit_proc, commit_url = (start_server(args.home / "catalog.jsonl", [], "--fork-mechanism", "commit")
+                               if "forks" in parts else (None, None))
     figures: dict = {"storage_driver": info.get("Driver"), "backing_fs": dict(info.get("DriverStatus") or []).get(
         "Backing Filesystem"), "cpus": os.cpu_count(), "tasks": [t.id for t in chosen], "fork_task": fork_task.id}
     try:
@@ -263,12 +302,16 @@ def main() -> None:
                 figures.update(state)
                 log(json.dumps(state))
             if "forks" in parts:
-                figures.update(bench_forks(client, dclient, fork_task, [int(x) for x in args.forks.split(",")]))
+                with EnvClient(commit_url, token=TOKEN) as commit_client:
+                    figures.update(bench_forks(client, commit_client, dclient, fork_task,
+                                               [int(x) for x in args.forks.split(",")]))
             if "replay" in parts:
                 figures.update(bench_replay(client, args.home, tasks, fresh, args.replay_limit))
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for server in (proc, commit_proc):
+            if server is not None:
+                server.terminate()
+                server.wait(60)
     if parts == {"state", "forks", "replay"}:
         print_table(figures)
     print(json.dumps(figures))
@@ -285,11 +328,12 @@ def print_table(f: dict) -> None:
             ("replay, fresh oracle (with digests)", f"{f['replay_fresh_share']:.2%} of {f['replay_fresh_steps']} steps "
                                                     "(target >= 99%)"),
             ("env from warm pool / cold", f"{f['pool_env_s']} s / {f['cold_env_s']} s")]
-    for key in sorted(k for k in f if k.startswith("fork") and k.endswith("_s") and "per" not in k):
+    for key in sorted((k for k in f if k.startswith("fork") and k.endswith("_s") and "per" not in k), key=lambda k: int(k[4:-2])):
         n = key[4:-2]
-        rows.append((f"fork x{n} (commit) / copy x{n}",
-                     f"{f[key]} s ({f[f'fork{n}_per_fork_s']} s each), {f[f'fork{n}_disk_per_fork_bytes'] / 1e6:.2f} MB "
-                     f"per fork / {f.get(f'copy{n}_s')} s, {f.get(f'copy{n}_disk_per_fork_bytes', 0) / 1e6:.2f} MB"))
+        rows.append((f"fork x{n} ({f['fork_mechanism']}) / commit / copy",
+                     f"{f[key]} s ({f[f'fork{n}_per_fork_s']} s each, {f[f'fork{n}_disk_per_fork_bytes'] / 1e6:.2f} MB "
+                     f"on disk per fork) / {f.get(f'commit_fork{n}_s')} s ({f.get(f'commit_fork{n}_disk_per_fork_bytes', 0) / 1e6:.2f} MB)"
+                     f" / {f.get(f'copy{n}_s')} s ({f.get(f'copy{n}_disk_per_fork_bytes', 0) / 1e6:.2f} MB)"))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

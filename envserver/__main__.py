@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", action="append", default=[], help="IMAGE=N warm containers; repeatable")
     p.add_argument("--reaper-interval", type=float, default=30.0)
     p.add_argument("--max-timeout", type=float, default=3600.0)
+    p.add_argument("--fork-mechanism", choices=["auto", "snapshot", "commit"], default="auto",
+                   help="forks by snapshot of the env's btrfs layer, by docker commit, or auto (snapshot where it works)")
     p.add_argument("--json", action="store_true", help="one JSON line on stdout once serving")
     return p
 
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             server_id=args.server_id, allow=args.allow, catalog=args.catalog, pool_size=args.pool_size,
             pool=parse_pool(args.pool), reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
             grading_pool_size=args.grading_pool_size, max_envs=args.max_envs,
-            require_disk_quota=args.require_disk_quota,
+            require_disk_quota=args.require_disk_quota, fork_mechanism=args.fork_mechanism,
         )
         app = create_app(config)
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError too

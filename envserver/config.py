@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +53,8 @@ class ServerConfig(BaseModel):
     require_disk_quota: bool = Field(default=False, description="refuse to start where envs cannot get a disk quota")
     docker_threads: int = Field(default=64, ge=4, description="threads for blocking Docker API calls")
     record_state: bool = Field(default=True, description="record what each tool call changed (envs may opt out)")
+    fork_mechanism: Literal["auto", "snapshot", "commit"] = Field(
+        default="auto", description="how forks copy an env: snapshot of its btrfs layer, docker commit, auto: the first that works")
     state_diff_cap: int = Field(default=64 * 1024, ge=1024, description="bytes of a step's diff kept in its state record")
 
     def resolved_server_id(self) -> str:

@@ -27,7 +27,7 @@ import docker
 import docker.errors
 import requests
 
-from envserver import archive, docker_images
+from envserver import archive, docker_images, layers
 from envserver.archive import FileStat  # noqa: F401  (the stat() return type, named here for callers)
 from envserver.errors import BadRequest, DockerUnavailable, EnvGone
 from envserver.output import KILLED, OUTPUT_CAP, CappedOutput, RunResult
@@ -129,9 +129,10 @@ class Backend:
     def start_container(
         self, image: str, *, name: str | None = None, labels: dict[str, str], cpus: float | None, memory_mb: int,
         pids: int, network_mode: str = "none", env: dict[str, str] | None = None, workdir: str | None = None,
-        disk_mb: int | None = None, lifeline: bool = False,
+        disk_mb: int | None = None, lifeline: bool = False, prepare: Callable[[str], None] | None = None,
     ) -> tuple[str, socket.socket | None]:
-        """Create and start a container; returns (id, the lifeline socket or None). The one place that does."""
+        """Create and start a container; returns (id, the lifeline socket or None). The one place that does.
+        `prepare(id)` runs between the two (a fork's layer is put in place there)."""
         storage = self._storage(image, disk_mb)
         host_config = self.api.create_host_config(
             network_mode=network_mode,
@@ -158,6 +159,8 @@ class Backend:
             raise BadRequest(f"image {image!r} is not present on this Docker host (nothing is pulled)") from None
         sock = None
         try:
+            if prepare is not None:
+                prepare(cid)
             if lifeline:
                 sock = self.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             self.api.start(cid)
@@ -198,6 +201,12 @@ class Backend:
         return bool((state := self.state(container_id)) and state.get("Running"))
 
     commit = _docker_errors(docker_images.commit)  # forks (envserver/world.py)
+    snapshot_layer = _docker_errors(layers.snapshot_layer)  # forks, where layer_snapshots is not None
+
+    @functools.cached_property
+    def layer_snapshots(self) -> layers.LayerSnapshots | None:
+        """Forks by snapshot of a container's layer where this daemon allows (envserver/layers.py)."""
+        return layers.LayerSnapshots.find(_docker_errors(self.api.info)())
     list_images = _docker_errors(docker_images.list_images)
     remove_image = _docker_errors(docker_images.remove_image)
 

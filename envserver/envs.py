@@ -102,7 +102,7 @@ class Manager:
         await asyncio.to_thread(self.backend.ping)
         # Whatever an earlier run with our id left (kill -9, power loss): nothing of it is ours any more.
         self.startup_removed = await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)
-        await world.remove_fork_images(self, lambda labels: labels.get(world.LABEL_FORK_IMAGE) == self.server_id)
+        await world.remove_leftovers(self)
         loop = asyncio.get_running_loop()
         self._stop_events = self.backend.watch_deaths(
             f"{LABEL_SERVER}={self.server_id}", lambda cid: loop.call_soon_threadsafe(self._container_died, cid)
@@ -124,7 +124,7 @@ class Manager:
                              *self._background, return_exceptions=True)
         await self._remove_labelled(f"{LABEL_SERVER}={self.server_id}", self._ours)  # anything half-started
         self.fork_images.clear()
-        await world.remove_fork_images(self, lambda labels: labels.get(world.LABEL_FORK_IMAGE) == self.server_id)
+        await world.remove_leftovers(self)
 
     # ------------------------------------------------------------------ envs
 
@@ -260,10 +260,10 @@ class Manager:
 
     # ------------------------------------------------------------------ internals
 
-    async def _start_env(
-        self, image: str, limits: Limits | None = None, ttl: float | None = None, workdir: str | None = None
-    ) -> Env:
-        """A running container with its bash session attached and its base commit known."""
+    async def _start_env(self, image: str, limits: Limits | None = None, ttl: float | None = None,
+                         workdir: str | None = None, prepare=None) -> Env:
+        """A running container with its bash session attached and its base commit known. `prepare(id)` runs
+        before the container starts (a fork's layer is put in place there: envserver/world.py)."""
         limits = limits or self.config.default_limits
         env_id = secrets.token_hex(6)
         image_workdir, user = await asyncio.to_thread(self.backend.image_config, image)
@@ -275,7 +275,7 @@ class Manager:
         self.owned.add(env_id)  # before the container exists, so the reaper never takes it for an orphan
         cid, session = None, None
         starting = asyncio.ensure_future(asyncio.to_thread(
-            self.backend.start_container, image, name=f"forager-{env_id}", labels=labels, cpus=limits.cpus,
+            self.backend.start_container, image, name=f"forager-{env_id}", labels=labels, cpus=limits.cpus, prepare=prepare,
             memory_mb=limits.memory_mb, pids=limits.pids, network_mode=self.config.network_mode, disk_mb=limits.disk_mb,
         ))
         try:
@@ -296,7 +296,7 @@ class Manager:
             await session.start()
             env = Env(env_id, image, cid, workdir, session, now, now + (ttl or POOL_LABEL_TTL))
             self._by_container[cid] = env
-            env.base_commit = await grading.head_commit(session)
+            env.base_commit = None if prepare else await grading.head_commit(session)  # a fork: the source's
             return env
         except BaseException as exc:
             self.owned.discard(env_id)

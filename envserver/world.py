@@ -2,12 +2,14 @@
 
 A fork (`fork(manager, source, request)`) is an env like any other (labels, expiry, reaper, tombstones)
 with the source's filesystem and shell state at that moment; the source keeps running. Mechanism, chosen by
-measurement (docs/world.md, benchmarks/world_bench.py): `docker commit` of the source (paused for the
-commit only) into an image labelled for this server, then `count` containers started from it in parallel,
-each with a fresh bash session in which the source's cwd and exported variables are re-created. Running
+measurement (docs/world.md, benchmarks/world_bench.py): on Docker's btrfs driver, `count` containers of the
+source's image, each created with a copy-on-write snapshot of the source's layer in place of its own
+(envserver/layers.py; the source paused for one snapshot only); elsewhere `docker commit` of the source
+(paused for the commit) into an image labelled for this server, and `count` containers started from it.
+Either way, each fork gets a fresh bash session in which the source's cwd and exported variables are re-created. Running
 processes, non-exported variables, functions and aliases are not forked. The fork keeps the source's
 grading state (task image, setup patch, grading spec, base commit), so `submit` on a fork grades the
-fork's tree against the pristine image in a fresh container, as for any env. The committed image is
+fork's tree against the pristine image in a fresh container, as for any env. A committed image is
 removed when the last env started from it is removed, and at server start and stop; the reaper removes
 any fork image whose expiry label has passed that this server does not hold.
 """
@@ -15,6 +17,7 @@ any fork image whose expiry label has passed that this server does not hold.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -72,7 +75,15 @@ async def after_step(env) -> StateRecord | None:
 
 
 def fork_repository(server_id: str) -> str:
-    return "forager-fork/" + (re.sub(r"[^a-z0-9._-]+", "-", server_id.lower()).strip("-._") or "server")
+    return "forager-fork/" + _slug(server_id)
+
+
+def origin_prefix(server_id: str) -> str:
+    return _slug(server_id) + "--"
+
+
+def _slug(server_id: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", server_id.lower()).strip("-._") or "server"
 
 
 async def fork(manager, source, req: ForkRequest) -> list:
@@ -81,18 +92,31 @@ async def fork(manager, source, req: ForkRequest) -> list:
     if len(manager.envs) + req.count > config.max_envs:
         raise BadRequest(f"{req.count} forks would pass this server's maximum of {config.max_envs} envs")
     ttl = min(req.ttl or max(10, int(source.expires_at - time.time())), config.max_ttl)
-    image = f"{fork_repository(manager.server_id)}:{secrets.token_hex(6)}"
-    labels = {LABEL_FORK_IMAGE: manager.server_id, "forager.expires": str(int(time.time() + ttl + 60))}
     exports = source.session.exports
-    await asyncio.to_thread(manager.backend.commit, source.container_id, image, labels)
-    manager.fork_images[image] = set()
     image_workdir, _ = await asyncio.to_thread(manager.backend.image_config, source.image)
     workdir = None if source.workdir == image_workdir else source.workdir  # None: no stat of it to make
-    started = await asyncio.gather(
-        *(manager._start_env(image, source.limits, ttl, workdir) for _ in range(req.count)),
-        return_exceptions=True)
+    snapshots = await asyncio.to_thread(lambda: manager.backend.layer_snapshots)
+    if config.fork_mechanism == "snapshot" and snapshots is None:
+        raise BadRequest("this server forks by layer snapshot, which needs Docker's btrfs driver on this host")
+    image = None
+    if snapshots is not None and config.fork_mechanism != "commit":
+        origin = await asyncio.to_thread(manager.backend.snapshot_layer, source.container_id,
+                                         origin_prefix(manager.server_id) + secrets.token_hex(6))
+        try:
+            started = await asyncio.gather(*(
+                manager._start_env(source.image, source.limits, ttl, workdir, prepare=functools.partial(snapshots.place, origin))
+                for _ in range(req.count)), return_exceptions=True)
+        finally:
+            await asyncio.to_thread(snapshots.drop, origin)
+    else:
+        image = f"{fork_repository(manager.server_id)}:{secrets.token_hex(6)}"
+        labels = {LABEL_FORK_IMAGE: manager.server_id, "forager.expires": str(int(time.time() + ttl + 60))}
+        await asyncio.to_thread(manager.backend.commit, source.container_id, image, labels)
+        manager.fork_images[image] = set()
+        started = await asyncio.gather(
+            *(manager._start_env(image, source.limits, ttl, workdir) for _ in range(req.count)), return_exceptions=True)
     forks = [e for e in started if not isinstance(e, BaseException)]
-    for env in forks:
+    for env in forks if image else ():
         manager.fork_images[image].add(env.id)
         env.fork_image = image
     try:
@@ -102,7 +126,8 @@ async def fork(manager, source, req: ForkRequest) -> list:
         await asyncio.gather(*(_restore_shell(env, source.session.cwd, exports) for env in forks))
     except BaseException:
         await asyncio.gather(*(manager._remove_env(e) for e in forks), return_exceptions=True)
-        await release_image(manager, image)
+        if image:
+            await release_image(manager, image)
         raise
     now = time.time()
     for env in forks:
@@ -142,6 +167,14 @@ async def release_image(manager, image: str, env_id: str | None = None) -> None:
             await asyncio.to_thread(manager.backend.remove_image, image)
         except Exception as exc:  # in use by a container still being removed: the reaper tries again
             log.warning("fork image %s not removed yet: %s", image, exc)
+
+
+async def remove_leftovers(manager) -> None:
+    """What this server's forks left when it last stopped or was killed: committed images, snapshot origins."""
+    await remove_fork_images(manager, lambda labels: labels.get(LABEL_FORK_IMAGE) == manager.server_id)
+    snapshots = await asyncio.to_thread(lambda: manager.backend.layer_snapshots)
+    if snapshots is not None:
+        await asyncio.to_thread(snapshots.drop_all, origin_prefix(manager.server_id))
 
 
 async def remove_fork_images(manager, pick) -> int:

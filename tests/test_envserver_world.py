@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from envserver.client import EnvGone, UnknownEnv
+from envserver.layers import LayerSnapshots
+from envserver.world import origin_prefix
 from envserver.models import GradingSpec
 from tests.fixtures_envserver import containers_of, start_envserver, stop_envserver
 from tests.test_envserver_grading import MUTATION as SETUP  # add() returns a - b: test_add fails
@@ -66,7 +68,25 @@ def test_cd_and_export_show_in_the_shell_state_and_observations_stay_the_same(en
             c.delete_env(quiet.id)
 
 
-def test_a_fork_has_the_sources_files_cwd_and_variables_and_its_own_future(envserver, envtest_image, docker_client):
+def snapshots_here(docker_client) -> LayerSnapshots | None:
+    return LayerSnapshots.find(docker_client.api.info())
+
+
+@pytest.fixture(params=["auto", "commit"])
+def fork_server(request, envserver, tmp_path):
+    """The session's server (auto: layer snapshots on btrfs, as `forager setup` makes Docker here) and one that
+    forks by `docker commit`: the same semantics, so the same test."""
+    if request.param == "auto":
+        yield envserver
+        return
+    server = start_envserver("--fork-mechanism", "commit", home=tmp_path)
+    yield server
+    stop_envserver(server)
+
+
+def test_a_fork_has_the_sources_files_cwd_and_variables_and_its_own_future(fork_server, envtest_image, docker_client):
+    envserver = fork_server
+    committing = "commit" in envserver.args or snapshots_here(docker_client) is None
     with envserver.client() as c:
         src = c.create_env(envtest_image, ttl=300, setup_patch=SETUP, grading=GRADING, labels={"task": "t1"})
         forks = []
@@ -91,6 +111,9 @@ def test_a_fork_has_the_sources_files_cwd_and_variables_and_its_own_future(envse
             graded_b, graded_src = c.submit(b.id), c.submit(src.id)
             assert graded_b.reward == 1.0 and "calc.py" in graded_b.patch and "notes.txt" in graded_b.patch
             assert graded_src.reward == 0.0 and "calc.py" not in graded_src.patch
+            # by the mechanism the server chose: a fork runs the source's image (snapshot) or a committed one
+            images = {docker_client.api.inspect_container(f.container_id)["Config"]["Image"] for f in forks}
+            assert (images != {envtest_image}) if committing else (images == {envtest_image}), images
         finally:
             for env in [src, *forks]:
                 c.delete_env(env.id)
@@ -98,25 +121,33 @@ def test_a_fork_has_the_sources_files_cwd_and_variables_and_its_own_future(envse
             c.fork(src.id)
         with pytest.raises(UnknownEnv):
             c.fork("nope")
-        # the committed image went with its last fork
+        # the committed image went with its last fork; no snapshot origin outlives a fork call
         assert not docker_client.api.images(filters={"label": f"forager.fork-image={envserver.server_id}"})
+        if (snapshots := snapshots_here(docker_client)) is not None:
+            assert not list(snapshots.origins.glob(origin_prefix(envserver.server_id) + "*"))
 
 
-def test_forks_are_never_leaked(docker_client, envtest_image, tmp_path):
+@pytest.mark.parametrize("mechanism", ["auto", "commit"])
+def test_forks_are_never_leaked(docker_client, envtest_image, tmp_path, mechanism):
     server_id = f"test-forks-{tmp_path.name}"
-    first = start_envserver(home=tmp_path, server_id=server_id)
+    committing = mechanism == "commit" or snapshots_here(docker_client) is None
+    first = start_envserver("--fork-mechanism", mechanism, home=tmp_path, server_id=server_id)
     try:
         with first.client() as c:
             src = c.create_env(envtest_image, ttl=600)
             c.fork(src.id, 2)
             assert len(containers_of(docker_client, server_id)) == 3
-            assert docker_client.api.images(filters={"label": f"forager.fork-image={server_id}"})
+            assert bool(docker_client.api.images(filters={"label": f"forager.fork-image={server_id}"})) == committing
     finally:
         stop_envserver(first, kill=True)
     assert len(containers_of(docker_client, server_id)) == 3  # kill -9 left them behind
-    second = start_envserver(home=tmp_path, server_id=server_id)
+    snapshots = snapshots_here(docker_client)
+    if snapshots is not None:  # as if killed inside a fork call, between its origin snapshot and its removal
+        leftover = snapshots.take(containers_of(docker_client, server_id)[0]["Id"], origin_prefix(server_id) + "killed")
+    second = start_envserver("--fork-mechanism", mechanism, home=tmp_path, server_id=server_id)
     try:
         assert containers_of(docker_client, server_id) == []  # removed at start, the forks with the rest
+        assert snapshots is None or not leftover.exists()
         assert not docker_client.api.images(filters={"label": f"forager.fork-image={server_id}"})
         with second.client() as c:
             src = c.create_env(envtest_image, ttl=600)
