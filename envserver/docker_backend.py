@@ -8,8 +8,9 @@ signals it does not handle, so an agent's `kill -9 -1` kills its own processes b
 bash as pid 1 reaps the orphans it inherits. A container started with a *lifeline* has its stdin attached
 to the process that started it: when that process exits, however it dies (SIGKILL included), the kernel
 closes the socket, pid 1 reads end-of-file and exits, and Docker removes the container (auto-remove).
-Every container drops the Linux capabilities an env does not need, may not gain privileges, and gets a
-disk quota where the storage driver supports one (overlay2 on XFS with project quotas; see quota_support).
+Every container drops the Linux capabilities an env does not need, may not gain privileges, runs under
+Forager's seccomp profile (seccomp.py), and gets a disk quota where the storage driver supports one (btrfs,
+overlay2 on XFS with project quotas; see quota_support).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import docker
 import docker.errors
 import requests
 
-from envserver import archive, docker_images, layers
+from envserver import archive, docker_images, layers, seccomp
 from envserver.archive import FileStat  # noqa: F401  (the stat() return type, named here for callers)
 from envserver.errors import BadRequest, DockerUnavailable, EnvGone
 from envserver.output import KILLED, OUTPUT_CAP, CappedOutput, RunResult
@@ -140,7 +141,7 @@ class Backend:
             mem_limit=f"{memory_mb}m",
             memswap_limit=f"{memory_mb}m",  # no swap: a memory limit that holds
             pids_limit=pids,
-            security_opt=["no-new-privileges"],
+            security_opt=["no-new-privileges", seccomp.SECURITY_OPT],  # seccomp.py: why our own profile
             cap_drop=["ALL"],
             cap_add=KEEP_CAPS,
             storage_opt=storage,

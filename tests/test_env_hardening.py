@@ -151,6 +151,32 @@ def test_a_disk_quota_holds_inside_the_env(client, envtest_image):
     assert free - shutil.disk_usage("/").free < 2**30  # the host kept its space (the quotas are 256 MB)
 
 
+
+NESTED_SUBVOLUME = """python3 - <<'EOF'
+import fcntl, os, struct
+fd = os.open(".", os.O_RDONLY)
+for request in (0x5000940E, 0x1_5000940E, 0x50009418):  # BTRFS_IOC_SUBVOL_CREATE, its 64-bit alias, _V2
+    try:
+        fcntl.ioctl(fd, request, bytearray(struct.pack("q4088s", 0, b"escape")), True)
+        print("created")
+    except OSError as exc:
+        print("refused", exc.errno)
+EOF
+fallocate -l 2G escape/big 2>/dev/null; echo fallocate=$?; unshare -U true 2>/dev/null; echo unshare=$?"""
+
+
+def test_a_nested_subvolume_cannot_carry_writes_past_the_disk_quota(client, envtest_image):
+    # On btrfs, root could create a subvolume with one ioctl and no capability; its data is outside the
+    # container's qgroup (2 GB written past a 600 MB quota before the seccomp profile). Also no namespaces.
+    env = client.create_env(envtest_image, ttl=300, limits=Limits(disk_mb=256))
+    try:
+        out = client.shell(env.id, NESTED_SUBVOLUME, timeout=120).output
+        assert out.split("\n") == ["refused 1"] * 3 + ["fallocate=1", "unshare=1", ""], out
+        assert client.shell(env.id, "python3 -c 'import threading; threading.Thread(target=print).start()'"
+                                    " && git status --short | wc -l").output == "\n0\n"
+    finally:
+        client.delete_env(env.id)
+
 LOOPBACK_PROBE = """python3 - <<'EOF'
 import socket
 print(sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:]),
