@@ -29,6 +29,7 @@ def serve(
     pool: list[str] = typer.Option([], "--pool", help="IMAGE=N warm containers started now (repeatable)"),
     reaper_interval: float = typer.Option(30.0, help="seconds between reaper passes"),
     max_timeout: float = typer.Option(3600.0, help="ceiling on a shell call's timeout, seconds"),
+    fork_mechanism: str = typer.Option("auto", help="forks by 'snapshot' of the env's btrfs layer, 'commit', or 'auto'"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout once serving"),
 ) -> None:
     """Serve environments over HTTP: one container per env, shell/edit/create/submit, warm pool, reaper."""
@@ -37,7 +38,7 @@ def serve(
         token_file = settings.home / ENVSERVER_TOKEN_FILE
         ensure_secret(token_file)  # the server always requires a token; clients on this host read the same file
     argv = ["--host", host, "--port", str(port), "--reaper-interval", str(reaper_interval),
-            "--max-timeout", str(max_timeout), "--pool-size", str(pool_size)]
+            "--max-timeout", str(max_timeout), "--pool-size", str(pool_size), "--fork-mechanism", fork_mechanism]
     for flag, value in (("--token-file", token_file), ("--server-id", server_id), ("--catalog", catalog)):
         if value:
             argv += [flag, str(value)]
