@@ -47,12 +47,17 @@ _BENCH_FIGURE = re.compile(r"[\d,]+(?:\.\d+)? \(>?[\d.]+\)")  # `52,613,604.9994
 _RULE = re.compile(r"^-{10,}$")
 
 
+def _is_row(line: str) -> bool:
+    return len(_BENCH_FIGURE.findall(line)) >= 3 and not line[:1].isspace()
+
+
 def mask_benchmark_tables(text: str) -> str:
     out: list[str] = []
     rows: list[str] = []
     in_table = False
-    for line in text.split("\n"):
-        if len(_BENCH_FIGURE.findall(line)) >= 3 and not line[:1].isspace():
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if _is_row(line):
             rows.append(f"<BENCHMARK ROW {line.split()[0]}>")
             in_table = True
             continue
@@ -64,8 +69,8 @@ def mask_benchmark_tables(text: str) -> str:
         elif _BENCH_HEADER.match(line):
             out.append("<BENCHMARK HEADER>")
             in_table = True
-        elif in_table and _RULE.match(line):
-            out.append("<BENCHMARK RULE>")
+        elif _RULE.match(line) and (in_table or (i + 1 < len(lines) and _is_row(lines[i + 1]))):
+            out.append("<BENCHMARK RULE>")  # also the rule above the rows when `tail` cut the title and header
         else:
             in_table = in_table and line.strip() != ""
             out.append(line)
