@@ -143,11 +143,13 @@ def bench_replay(client: EnvClient, home: Path, tasks: dict[str, Task], fresh: l
             continue
         log(f"replay: {traj.id}")
         main.append(replay_trajectory(traj, tasks[traj.task_id], client))
+        if main[-1].error:
+            log(f"replay: {traj.id}: {main[-1].error}")
     fresh_reports = [replay_trajectory(t, tasks[t.task_id], client) for t in fresh]
     m, f = summarize(main), summarize(fresh_reports)
     return {"replay_main_trajectories": m["trajectories"], "replay_main_steps": m["steps"],
             "replay_main_share": m["share"], "replay_main_errors": m["errors"], "replay_main_skipped": skipped,
-            "replay_main_catalog": m["catalog"][:20],
+            "replay_main_catalog": m["catalog"][:20], "replay_main_error_examples": [r.error for r in main if r.error][:5],
             "replay_fresh_steps": f["steps"], "replay_fresh_share": f["share"],
             "replay_fresh_digests_compared": f["digests_compared"], "replay_fresh_catalog": f["catalog"][:20]}
 
