@@ -10,7 +10,8 @@ RQ's own:
   status` see N jobs started by this worker), and ends through RQ's own handlers (`_finalize_success`,
   `_finalize_failure`: finished / failed registries, `Retry` with its intervals for infra errors);
 - heartbeats: one pipeline every `job_monitoring_interval` extends the worker's key and every in-flight
-  execution's lease (what `maintain_heartbeats` does for one horse, for all of them at once);
+  execution's lease (what `maintain_heartbeats` does for one horse, for all of them at once), from a
+  thread of its own, so a busy event loop never lets a live job's lease run out;
 - a SIGKILLed worker takes its coroutines with it (no orphaned horse can finish a job handed to someone
   else); its executions' leases run out and any live worker's maintenance (StartedJobRegistry cleanup)
   re-runs each one once: the job's next try removes the env the killed try left (agent.jobs).
@@ -29,6 +30,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -89,9 +91,10 @@ class AsyncWorker(ForagerWorker):
         # One connection per place: a place waiting for a connection would be a place doing nothing.
         self.client = AsyncEnvClient(self.settings.envserver_url, token=self.settings.envserver_token,
                                      max_connections=self.concurrency + 4, pool_timeout=None)
-        beats = asyncio.create_task(self._beat_forever())
+        beating = threading.Event()
+        beats = threading.Thread(target=self._beat_forever, args=(beating,), name="heartbeats", daemon=True)
+        beats.start()
         worked = False
-        idle = asyncio.Event()
         try:
             while not self._stop_requested:
                 if self.should_run_maintenance_tasks:
@@ -117,8 +120,8 @@ class AsyncWorker(ForagerWorker):
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
-            beats.cancel()
-            idle.set()
+            beating.set()
+            beats.join(5)
             await self.client.close()
         return worked
 
@@ -204,20 +207,21 @@ class AsyncWorker(ForagerWorker):
 
     # ------------------------------------------------------------ heartbeats
 
-    async def _beat_forever(self) -> None:
-        while True:
+    def _beat_forever(self, stop: threading.Event) -> None:
+        """In a thread of its own: a busy event loop (hundreds of episodes) never delays a lease."""
+        while not stop.is_set():
             try:
                 self.beat()
             except RedisError as exc:
                 self.log.warning("Worker %s: heartbeat failed (%s)", self.name, exc)
-            await asyncio.sleep(self.job_monitoring_interval)
+            stop.wait(self.job_monitoring_interval)
 
     def beat(self) -> None:
         """Extend the worker's key and every in-flight execution's lease in one pipeline, and publish what
         `forager status` shows (places, the model endpoints' counts)."""
         with self.connection.pipeline() as pipe:
             self.heartbeat(self.job_monitoring_interval + 60, pipeline=pipe)
-            for job, execution in list(self.running.values()):
+            for job, execution in list(self.running.copy().values()):
                 working = (now() - job.started_at).total_seconds() if job.started_at else 0.0
                 ttl = int(self.get_heartbeat_ttl(job, working_time=working))
                 execution.heartbeat(job.started_job_registry, ttl, pipeline=pipe)

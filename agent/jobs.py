@@ -31,7 +31,7 @@ from envserver.client import AsyncEnvClient, EnvClient
 from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized, UnknownEnv
 from forager.config import Settings
 from forager.episodes.branching import ROOT, BranchPlan, branching_steps
-from forager.episodes.loop import Steps, adrive, call, drive, episode_steps
+from forager.episodes.loop import Steps, adrive, blocking, call, drive, episode_steps
 from forager.episodes.policies import OpenAIConfig, OracleConfig, load_policy_config
 from forager.errors import EpisodeInfraError, InfraError
 from forager.models import Task, Trajectory
@@ -151,7 +151,8 @@ def job_weight(kwargs: dict[str, Any]) -> int:
 def episode_job_steps(job, settings: Settings, policy, client, task: dict, attempt: int, max_turns: int,
                       episode_timeout: int, branching: dict | None) -> Steps:
     """The job's body, written once for both drivers (forager.episodes.loop): its env server calls and the
-    episode are yielded as calls; the store, the job log and Redis are written directly (local and quick)."""
+    episode are yielded as calls, and so are the store's and the job log's writes (fsynced: the async driver
+    makes them in a thread); Redis is written directly (quick)."""
     task_obj = Task.model_validate(task)
     info = policy.info
     job_id = job.id if job else episode_job_id(task_obj.id, attempt, info.name, info.model)
@@ -163,12 +164,12 @@ def episode_job_steps(job, settings: Settings, policy, client, task: dict, attem
     store = TrajectoryStore(settings.trajectories_dir)
     plan = BranchPlan.model_validate(branching) if branching else None
     traj_id = trajectory_id(task_obj.id, attempt, info.name, info.model, branch=ROOT if plan else None)
-    log("start", trajectory=traj_id, envserver=settings.envserver_url)
+    yield blocking(log, "start", trajectory=traj_id, envserver=settings.envserver_url)
 
-    if store.exists(traj_id):  # an earlier try wrote it and died before reporting
-        summary = summarize(store.read(traj_id), existing=True)
+    if (yield blocking(store.exists, traj_id)):  # an earlier try wrote it and died before reporting
+        summary = summarize((yield blocking(store.read, traj_id)), existing=True)
         _report(job, job_id, summary)
-        log("skip", reason="trajectory exists", **summary)
+        yield blocking(log, "skip", reason="trajectory exists", **summary)
         return summary
 
     started = time.monotonic()
@@ -176,7 +177,7 @@ def episode_job_steps(job, settings: Settings, policy, client, task: dict, attem
         if tries > 1:  # only a try that was killed can have left an env behind
             removed = yield from leftovers_steps(client, job_id)
             if removed:
-                log("leftovers_removed", envs=removed)
+                yield blocking(log, "leftovers_removed", envs=removed)
         options = dict(max_turns=max_turns, wall_clock=episode_timeout, raise_infra=True,
                        env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
         if plan is not None:
@@ -188,25 +189,25 @@ def episode_job_steps(job, settings: Settings, policy, client, task: dict, attem
         cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
         error = f"{type(cause).__name__}: {cause}"
         if isinstance(cause, (BadRequest, ImageNotAllowed, Unauthorized)):
-            log("refused", error=error)
+            yield blocking(log, "refused", error=error)
             if job:
                 job.retries_left = 0  # retrying a refused request cannot help
             raise
-        log("infra_error", error=error, retries_left=getattr(job, "retries_left", None))
+        yield blocking(log, "infra_error", error=error, retries_left=getattr(job, "retries_left", None))
         raise InfraError(error) from exc
     except BaseException as exc:  # a bug, a timeout, a cancelled coroutine: logged, then RQ decides (retry or fail)
-        log("error", error=f"{type(exc).__name__}: {exc}")
+        yield blocking(log, "error", error=f"{type(exc).__name__}: {exc}")
         raise
 
     for branch in branches:  # before the parent: a written parent means its whole tree is written
-        store.write(branch)
-    store.write(traj)
+        yield blocking(store.write, branch)
+    yield blocking(store.write, traj)
     summary = summarize(traj)
     if plan is not None:
         summary["branches"] = len(branches)
     summary["job_seconds"] = round(time.monotonic() - started, 3)
     _report(job, job_id, summary)
-    log("done", **summary)
+    yield blocking(log, "done", **summary)
     return summary
 
 

@@ -181,6 +181,8 @@ class Pool:
         self.procs: list[subprocess.Popen] = []
         self.scheduler: subprocess.Popen | None = None
         self.spawned = 0
+        self.respawns: list[tuple[float, int | None]] = []  # (when, share) of workers to start again
+        self.quick_deaths = 0
         self.stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="forager-metrics-") if metrics_port else None
 
@@ -205,9 +207,19 @@ class Pool:
         # No preexec_fn: it is unsafe with threads (the progress bar, the metrics server).
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
         proc.share = share  # type: ignore[attr-defined]  (a respawn takes the same share)
+        proc.spawned_at = time.monotonic()  # type: ignore[attr-defined]
         if out:
             out.close()
         return proc
+
+    def _respawn_delay(self, proc) -> float:
+        """None for a worker that ran a while; growing waits (up to a minute) for one that keeps dying at once
+        (Redis gone, a broken install), so a pool never spins."""
+        if time.monotonic() - getattr(proc, "spawned_at", 0.0) > 30:
+            self.quick_deaths = 0
+            return 0.0
+        self.quick_deaths += 1
+        return min(60.0, 0.5 * 2 ** self.quick_deaths)
 
     def stop(self, *_):
         """First call: warm shutdown (workers finish their current job). Second call: kill them."""
@@ -243,9 +255,16 @@ class Pool:
                         from prometheus_client import multiprocess
 
                         multiprocess.mark_process_dead(p.pid, self.metrics_dir)
-                    if not self.stopping and not self.burst:  # a crashed worker is replaced
-                        alive.append(self._spawn(share=getattr(p, "share", None)))
+                    if not self.stopping and not self.burst:  # a crashed worker is replaced, soon
+                        self.respawns.append((time.monotonic() + self._respawn_delay(p), getattr(p, "share", None)))
+                moment = time.monotonic()
+                due = [r for r in self.respawns if r[0] <= moment]
+                self.respawns = [r for r in self.respawns if r[0] > moment]
+                alive += [self._spawn(share=share) for _, share in due if not self.stopping]
                 self.procs = alive
+                if not self.procs and self.respawns and not self.stopping:
+                    time.sleep(0.5)
+                    continue
                 if not self.procs:
                     return 0
                 time.sleep(0.5)

@@ -29,6 +29,7 @@ and close a trajectory, for callers that drive an env step by step themselves (a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Callable, Generator
@@ -46,7 +47,7 @@ from forager.trajectories.store import trajectory_id as make_trajectory_id
 
 FORMAT_ERROR_LIMIT = 3
 
-__all__ = ["Call", "EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "act", "act_steps", "adrive", "arun_episode",
+__all__ = ["Call", "blocking", "EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "act", "act_steps", "adrive", "arun_episode",
            "drive", "episode_steps", "make_step", "make_trajectory", "run_episode"]
 
 
@@ -66,15 +67,22 @@ class EnvServer(Protocol):
 
 @dataclass
 class Call:
-    """One call the loop needs made: `fn(*args, **kwargs)`. A driver makes it and sends back the result."""
+    """One call the loop needs made: `fn(*args, **kwargs)`. A driver makes it and sends back the result.
+    `blocking`: a blocking call (a file write with fsync) that the async driver runs in a thread, so one
+    episode's disk never stalls the others."""
 
     fn: Callable[..., Any]
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = False
 
 
 def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
     return Call(fn, args, kwargs)
+
+
+def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    return Call(fn, args, kwargs, blocking=True)
 
 
 Steps = Generator[Call, Any, Any]
@@ -108,9 +116,12 @@ async def adrive(gen: Steps) -> Any:
         except StopIteration as stop:
             return stop.value
         try:
-            value, error = request.fn(*request.args, **request.kwargs), None
-            if inspect.isawaitable(value):
-                value = await value
+            if request.blocking:
+                value, error = await asyncio.to_thread(request.fn, *request.args, **request.kwargs), None
+            else:
+                value, error = request.fn(*request.args, **request.kwargs), None
+                if inspect.isawaitable(value):
+                    value = await value
         except BaseException as exc:
             value, error = None, exc
 
