@@ -169,7 +169,7 @@ def worker_processes(pool_pid: int) -> list[int]:
 
 
 def run_level(tasks, concurrency: int, fork: bool, args, redis_url: str, env_url: str, model_url: str,
-              server_pid: int, server_id: str, work: Path) -> dict:
+              server_pid: int, server_id: str, work: Path, first_attempt: int) -> dict:
     import docker
 
     from agent.jobs import JOB_FUNC, JOB_TIMEOUT_MARGIN
@@ -198,7 +198,7 @@ def run_level(tasks, concurrency: int, fork: bool, args, redis_url: str, env_url
         specs = []
         for i in range(n):
             task = tasks[i % len(tasks)]
-            attempt = i // len(tasks)
+            attempt = first_attempt + i // len(tasks)  # fresh ids per level: nothing is deduplicated away
             kwargs = {"task": task.model_dump(mode="json"), "attempt": attempt, "collection": queue,
                       "policy": policy.model_dump(mode="json"), "max_turns": args.steps, "episode_timeout": 3600}
             specs.append(JobSpec(JOB_FUNC, kwargs, episode_job_id(task.id, attempt, "openai", "scripted"),
@@ -307,7 +307,7 @@ def main() -> None:
             log(f"{'fork' if fork else 'async'} fleet, {concurrency} episodes in flight ...")
             try:
                 r = run_level(tasks, concurrency, fork, args, redis_url, env_url, f"http://127.0.0.1:{model_port}/v1",
-                              procs[1].pid, server_id, work)
+                              procs[1].pid, server_id, work, first_attempt=100_000 * (len(runs) + 1))
             except Exception as exc:  # a level that cannot run is a figure too (say why), not a crash
                 r = {"mode": "fork" if fork else "async", "concurrency": concurrency, "error": f"{type(exc).__name__}: {exc}"}
                 log(f"  failed: {r['error']}")
