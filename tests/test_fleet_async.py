@@ -45,7 +45,10 @@ def test_sigkilled_async_worker_reruns_each_episode_once(synthesized, envserver,
     pool = start_pool(env, IN_FLIGHT, tmp_path / "pool.log")  # one async worker process, 40 places
     try:
         with envserver.client() as client:
+            most_envs = [0]
+
             def loaded():
+                most_envs[0] = max(most_envs[0], len(envs_of_jobs(client, job_ids)))
                 workers = busy_workers(conn, fleet["queue"])
                 if len(workers) != 1:
                     return None
@@ -55,6 +58,7 @@ def test_sigkilled_async_worker_reruns_each_episode_once(synthesized, envserver,
                 return (w, running, holding) if len(holding) >= KILL_AT else None
 
             victim, running, holding = wait_for(loaded, f"{KILL_AT} episodes in flight, each with an env", deadline=300)
+            assert most_envs[0] <= IN_FLIGHT  # never more envs than places
             status = wait_for(lambda: fleet_status_json(env), "forager status")
             mine = [w for w in status["workers"] if w["name"] == victim.name][0]
             assert mine["in_flight"] >= KILL_AT and mine["concurrency"] == IN_FLIGHT
