@@ -218,7 +218,7 @@ def run_level(tasks, concurrency: int, fork: bool, args, redis_url: str, env_url
                     f"{round(time.monotonic() - started)} s, load {os.getloadavg()[0]:.1f}")
             return s["complete"] and s
 
-        status = wait_until(complete, "the episodes", 7200)
+        status = wait_until(complete, "the episodes", args.level_timeout)
         wall = time.monotonic() - started
         cpu = {"server": memory_cpu(server_pid) - cpu0["server"],
                "workers": sum(memory_cpu(p) for p in worker_processes(pool.pid)) - cpu0["workers"]}
@@ -285,6 +285,7 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.5)
     ap.add_argument("--waves", type=int, default=2, help="episodes per level = waves x concurrency")
     ap.add_argument("--grade", action="store_true", help="end each episode with a graded submit")
+    ap.add_argument("--level-timeout", type=float, default=2400, help="s a level may take (then it is reported failed)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     from tests.test_fleet_support import start_model_server
