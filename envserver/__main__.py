@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-timeout", type=float, default=3600.0)
     p.add_argument("--fork-mechanism", choices=["auto", "snapshot", "commit"], default="auto",
                    help="forks by snapshot of the env's btrfs layer, by docker commit, or auto (snapshot where it works)")
+    p.add_argument("--fork-ready", type=int, default=32,
+                   help="containers created ahead of forks, in all (0: none; forks then create theirs)")
     p.add_argument("--json", action="store_true", help="one JSON line on stdout once serving")
     return p
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             pool=parse_pool(args.pool), reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
             grading_pool_size=args.grading_pool_size, max_envs=args.max_envs,
             require_disk_quota=args.require_disk_quota, fork_mechanism=args.fork_mechanism,
+            fork_ready_total=args.fork_ready,
         )
         app = create_app(config)
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError too
