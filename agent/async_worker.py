@@ -97,8 +97,11 @@ class AsyncWorker(ForagerWorker):
         worked = False
         try:
             while not self._stop_requested:
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
+                try:
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                except RedisError as exc:  # Redis restarting: the jobs in flight go on
+                    self.log.warning("Worker %s: maintenance failed (%s)", self.name, exc)
                 if self.used >= self.concurrency:
                     await self._wait_for_room()
                     continue
