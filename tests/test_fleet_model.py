@@ -34,25 +34,25 @@ class FlakyModel:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             failure = self.failures.pop(0) if self.failures else None
-        try:
-            if failure == "hang":
-                time.sleep(3)
-                return
+        if failure == "hang":
+            time.sleep(3)
+        else:
             time.sleep(self.delay)
-            if failure:
-                return send(handler, failure, {"error": {"message": f"status {failure}"}},
-                            {"Retry-After": "0"} if failure == 429 else {})
-            done = sum(1 for m in body.get("messages", []) if m.get("role") == "tool")
-            call = {"name": "shell", "arguments": json.dumps({"command": f"echo {done}"})} if done < self.steps - 1 \
-                else {"name": "submit", "arguments": "{}"}
-            send(handler, 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                                    "role": "assistant", "content": None,
-                                    "tool_calls": [{"id": f"call_{done}", "type": "function", "function": call}]}}],
-                                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-        finally:
-            with self.lock:
-                self.in_flight -= 1
+        with self.lock:  # before the answer is written: the client cannot start its next request earlier
+            self.in_flight -= 1
+        if failure == "hang":
+            return
+        if failure:
+            return send(handler, failure, {"error": {"message": f"status {failure}"}},
+                        {"Retry-After": "0"} if failure == 429 else {})
+        done = sum(1 for m in body.get("messages", []) if m.get("role") == "tool")
+        call = {"name": "shell", "arguments": json.dumps({"command": f"echo {done}"})} if done < self.steps - 1 \
+            else {"name": "submit", "arguments": "{}"}
+        send(handler, 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                                "role": "assistant", "content": None,
+                                "tool_calls": [{"id": f"call_{done}", "type": "function", "function": call}]}}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
 
 def send(handler, status: int, payload: dict, headers: dict | None = None) -> None:

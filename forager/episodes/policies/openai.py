@@ -56,11 +56,19 @@ class OpenAIPolicy:
         kwargs = self.request(episode)
         started = time.monotonic()
         try:
-            resp = endpoint.call_with_retries(self.gate, lambda: self.client.chat.completions.create(**kwargs),
-                                              self.max_retries)
+            resp = endpoint.call_with_retries(self.gate, lambda: self.send(kwargs), self.max_retries)
         except Exception as exc:  # noqa: BLE001 - any SDK/HTTP failure is the model's, typed for the loop
             raise ModelError(f"{type(exc).__name__}: {exc}") from exc
         return self.decision(resp, time.monotonic() - started)
+
+    def send(self, kwargs: dict[str, Any]):
+        """POST /chat/completions (a coroutine with the async client). The request is plain JSON already, so it
+        goes through the client's `post` rather than `chat.completions.create`, whose walk of the body against
+        the SDK's typed-dict declarations cost most of a worker's CPU (measured: ~2/3 of it at 40 episodes)."""
+        from openai.types.chat import ChatCompletion
+
+        body = {k: v for k, v in kwargs.items() if k != "extra_body" and v is not None} | kwargs.get("extra_body", {})
+        return self.client.post("/chat/completions", cast_to=ChatCompletion, body=body)
 
     def decision(self, resp: Any, seconds: float) -> Decision:
         usage = getattr(resp, "usage", None)
@@ -101,8 +109,7 @@ class AsyncOpenAIPolicy(OpenAIPolicy):
         kwargs = self.request(episode)
         started = time.monotonic()
         try:
-            resp = await endpoint.acall_with_retries(self.gate, lambda: self.client.chat.completions.create(**kwargs),
-                                                     self.max_retries)
+            resp = await endpoint.acall_with_retries(self.gate, lambda: self.send(kwargs), self.max_retries)
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"{type(exc).__name__}: {exc}") from exc
         return self.decision(resp, time.monotonic() - started)
