@@ -159,7 +159,9 @@ class AsyncEnvClient:
         self.url = url.rstrip("/")
         if isinstance(timeout, httpx.Timeout):
             timeout = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=pool_timeout)
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # An idle connection is dropped by this side first (the server keeps one 75 s): never reused as it closes.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=30.0)
         transport = httpx.AsyncHTTPTransport(socket_options=NODELAY, limits=limits)
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token), timeout=timeout, transport=transport)
 
