@@ -2,8 +2,9 @@
 
 Modules, one purpose each:
   queue    -- connect, enqueue with deterministic ids (generic, for any importable job function)
-  jobs     -- the episode job: env from the env server, run_episode, write the trajectory, release
+  jobs     -- the episode job (blocking and as a coroutine, one body): env, episode, trajectory, release
   worker   -- an RQ worker tuned for fast abandoned-job recovery, and a pool of worker processes
+  async_worker -- the RQ worker `forager worker` runs: many jobs in flight as coroutines in one process
   status   -- counts for a collection (queued, running, done, failed, trajectories, reward)
   metrics  -- Prometheus metrics served by `forager worker --metrics-port`
   joblog   -- structured JSON-lines log per job

@@ -1,7 +1,8 @@
 """The episode job: one (task, attempt, policy) run by a worker, written once to the store.
 
 `run_episode_job` is what RQ calls: a top-level function with plain JSON arguments, so any worker
-(`forager worker`, or a stock `rq worker` with the JSON serializer) on any host can run it. It uses the
+(`forager worker`, or a stock `rq worker` with the JSON serializer) on any host can run it. The async
+worker runs the same job as a coroutine (`arun_episode_job`, one body for both: `episode_job_steps`). It uses the
 env server of its host (FORAGER_ENVSERVER_URL) and writes to its trajectory store (FORAGER_HOME).
 
 Failure policy:
@@ -26,11 +27,11 @@ from rq import get_current_job
 from agent.joblog import JobLog
 from agent.queue import JobSpec, enqueue_many, episode_job_id, slug
 from agent.status import RESULTS_KEY, record_result
-from envserver.client import EnvClient
+from envserver.client import AsyncEnvClient, EnvClient
 from envserver.errors import BadRequest, EnvServerError, ImageNotAllowed, Unauthorized, UnknownEnv
 from forager.config import Settings
-from forager.episodes.branching import ROOT, BranchPlan, run_branching_episode
-from forager.episodes.loop import run_episode
+from forager.episodes.branching import ROOT, BranchPlan, branching_steps
+from forager.episodes.loop import Steps, adrive, blocking, call, drive, episode_steps
 from forager.episodes.policies import OpenAIConfig, OracleConfig, load_policy_config
 from forager.errors import EpisodeInfraError, InfraError
 from forager.models import Task, Trajectory
@@ -41,7 +42,8 @@ JOB_LABEL = "forager.job"
 # The job is killed this long after the episode's own wall-clock budget, to leave time for grading.
 JOB_TIMEOUT_MARGIN = 600
 
-__all__ = ["EpisodeSpec", "InfraError", "collection_name", "enqueue_episodes", "run_episode_job"]
+__all__ = ["ASYNC_JOBS", "EpisodeSpec", "InfraError", "arun_episode_job", "collection_name", "enqueue_episodes",
+           "run_episode_job"]
 
 
 @dataclass
@@ -118,65 +120,94 @@ def _branch_count(plan: BranchPlan | None) -> int:
 
 def run_episode_job(task: dict, attempt: int = 0, policy: dict | None = None, collection: str | None = None,
                     max_turns: int = 30, episode_timeout: int = 1800, branching: dict | None = None) -> dict[str, Any]:
+    """The episode job as RQ's work horse (or a stock `rq worker`) runs it: blocking calls."""
     settings = Settings.from_env()  # a job is an entry point: the worker's host decides where things are
     config = load_policy_config(policy or {"name": "oracle"})
+    return drive(episode_job_steps(get_current_job(), settings, config.make(settings), env_client(settings), task,
+                                   attempt, max_turns, episode_timeout, branching))
+
+
+async def arun_episode_job(job, settings: Settings, client: AsyncEnvClient, *, task: dict, attempt: int = 0,
+                           policy: dict | None = None, collection: str | None = None, max_turns: int = 30,
+                           episode_timeout: int = 1800, branching: dict | None = None) -> dict[str, Any]:
+    """The same job as a coroutine, for the async worker (agent/async_worker.py): one of many in one process,
+    sharing its env client and the model endpoint's gate."""
+    config = load_policy_config(policy or {"name": "oracle"})
+    return await adrive(episode_job_steps(job, settings, config.make_async(settings), client, task, attempt,
+                                          max_turns, episode_timeout, branching))
+
+
+# Jobs the async worker runs as coroutines (by the function path RQ stores); any other job runs in a thread.
+ASYNC_JOBS = {JOB_FUNC: arun_episode_job}
+
+
+def job_weight(kwargs: dict[str, Any]) -> int:
+    """Envs a job holds at once: one, plus the forks of a branching episode (held until their branch runs)."""
+    plan = kwargs.get("branching")
+    return 1 + (len(plan.get("at") or []) * max(plan.get("branches") or len(plan.get("alternatives") or []), 1)
+                if isinstance(plan, dict) else 0)
+
+
+def episode_job_steps(job, settings: Settings, policy, client, task: dict, attempt: int, max_turns: int,
+                      episode_timeout: int, branching: dict | None) -> Steps:
+    """The job's body, written once for both drivers (forager.episodes.loop): its env server calls and the
+    episode are yielded as calls, and so are the store's and the job log's writes (fsynced: the async driver
+    makes them in a thread); Redis is written directly (quick)."""
     task_obj = Task.model_validate(task)
-    job = get_current_job()
-    job_id = job.id if job else episode_job_id(task_obj.id, attempt, config.name, config.model)
+    info = policy.info
+    job_id = job.id if job else episode_job_id(task_obj.id, attempt, info.name, info.model)
     tries = (job.meta.get("tries", 0) + 1) if job else 1
     if job:
         job.meta["tries"] = tries
         job.save_meta()
-    log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=config.name, attempt_try=tries)
+    log = JobLog(job_id, settings, task=task_obj.id, attempt=attempt, policy=info.name, attempt_try=tries)
     store = TrajectoryStore(settings.trajectories_dir)
     plan = BranchPlan.model_validate(branching) if branching else None
-    traj_id = trajectory_id(task_obj.id, attempt, config.name, config.model, branch=ROOT if plan else None)
-    log("start", trajectory=traj_id, envserver=settings.envserver_url)
+    traj_id = trajectory_id(task_obj.id, attempt, info.name, info.model, branch=ROOT if plan else None)
+    yield blocking(log, "start", trajectory=traj_id, envserver=settings.envserver_url)
 
-    if store.exists(traj_id):  # an earlier try wrote it and died before reporting
-        summary = summarize(store.read(traj_id), existing=True)
+    if (yield blocking(store.exists, traj_id)):  # an earlier try wrote it and died before reporting
+        summary = summarize((yield blocking(store.read, traj_id)), existing=True)
         _report(job, job_id, summary)
-        log("skip", reason="trajectory exists", **summary)
+        yield blocking(log, "skip", reason="trajectory exists", **summary)
         return summary
 
-    client = env_client(settings)
     started = time.monotonic()
     try:
         if tries > 1:  # only a try that was killed can have left an env behind
-            removed = remove_leftovers(client, job_id)
+            removed = yield from leftovers_steps(client, job_id)
             if removed:
-                log("leftovers_removed", envs=removed)
+                yield blocking(log, "leftovers_removed", envs=removed)
         options = dict(max_turns=max_turns, wall_clock=episode_timeout, raise_infra=True,
                        env_labels={JOB_LABEL: job_id}, env_ttl=episode_timeout + JOB_TIMEOUT_MARGIN)
         if plan is not None:
-            traj, *branches = run_branching_episode(task_obj, config.make(settings), client, plan, attempt=attempt,
-                                                    **options)
+            traj, *branches = yield from branching_steps(task_obj, policy, client, plan, attempt=attempt, **options)
         else:
-            traj, branches = run_episode(task_obj, config.make(settings), client, attempt=attempt,
-                                         trajectory_id=traj_id, **options), []
+            traj = yield from episode_steps(task_obj, policy, client, attempt=attempt, trajectory_id=traj_id, **options)
+            branches = []
     except (EnvServerError, EpisodeInfraError) as exc:
         cause = exc.__cause__ if isinstance(exc, EpisodeInfraError) and exc.__cause__ is not None else exc
         error = f"{type(cause).__name__}: {cause}"
         if isinstance(cause, (BadRequest, ImageNotAllowed, Unauthorized)):
-            log("refused", error=error)
+            yield blocking(log, "refused", error=error)
             if job:
                 job.retries_left = 0  # retrying a refused request cannot help
             raise
-        log("infra_error", error=error, retries_left=getattr(job, "retries_left", None))
+        yield blocking(log, "infra_error", error=error, retries_left=getattr(job, "retries_left", None))
         raise InfraError(error) from exc
-    except BaseException as exc:  # a bug, or RQ's job timeout: logged, then RQ decides (retry or fail)
-        log("error", error=f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:  # a bug, a timeout, a cancelled coroutine: logged, then RQ decides (retry or fail)
+        yield blocking(log, "error", error=f"{type(exc).__name__}: {exc}")
         raise
 
     for branch in branches:  # before the parent: a written parent means its whole tree is written
-        store.write(branch)
-    store.write(traj)
+        yield blocking(store.write, branch)
+    yield blocking(store.write, traj)
     summary = summarize(traj)
     if plan is not None:
         summary["branches"] = len(branches)
     summary["job_seconds"] = round(time.monotonic() - started, 3)
     _report(job, job_id, summary)
-    log("done", **summary)
+    yield blocking(log, "done", **summary)
     return summary
 
 
@@ -215,10 +246,14 @@ def env_client(settings: Settings) -> EnvClient:
 
 def remove_leftovers(client: EnvClient, job_id: str) -> list[str]:
     """Delete envs a previous try of this job left (it was killed before releasing them)."""
-    leftovers = [e for e in client.list_envs() if e.labels.get(JOB_LABEL) == job_id]
+    return drive(leftovers_steps(client, job_id))
+
+
+def leftovers_steps(client, job_id: str) -> Steps:
+    leftovers = [e for e in (yield call(client.list_envs)) if e.labels.get(JOB_LABEL) == job_id]
     for env in leftovers:
         try:
-            client.delete_env(env.id)
+            yield call(client.delete_env, env.id)
         except UnknownEnv:  # reaped meanwhile
             pass
     return [e.id for e in leftovers]

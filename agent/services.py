@@ -216,12 +216,12 @@ class LocalServices:
             return
         self.env["FORAGER_REDIS_URL"] = self.settings.redis_url
         self.env["FORAGER_QUEUE"] = self.settings.queue
+        # One async worker process with `workers` episodes in flight (agent/async_worker.py).
         cmd = [sys.executable, "-m", "forager.cli", "worker", "--concurrency", str(self.workers)]
         # Warm shutdown: workers finish the episode they are in (the collection is done by then).
         self.pool, log = self._spawn("workers", cmd, grace=120)
-        _wait(lambda: workers_on(self.settings.redis_url, self.settings.queue) >= self.workers, self.pool,
-              "the worker pool", log)
-        self.log(f"started {self.workers} workers on queue {self.settings.queue}")
+        _wait(lambda: workers_on(self.settings.redis_url, self.settings.queue) >= 1, self.pool, "the worker pool", log)
+        self.log(f"started a worker with {self.workers} episodes in flight on queue {self.settings.queue}")
 
     def pool_alive(self) -> bool:
         return self.pool is None or self.pool.poll() is None

@@ -89,14 +89,22 @@ def collection_status(conn: Redis, collection: str, only: set[str] | None = None
 def fleet_status(conn: Redis, queue_name: str, collections: list[str] | None = None) -> dict[str, Any]:
     from rq import Worker
 
-    workers = Worker.all(connection=conn, queue=get_queue(conn, queue_name))
+    from agent.async_worker import worker_details
+
+    workers = []
+    for w in Worker.all(connection=conn, queue=get_queue(conn, queue_name)):
+        executions = w.get_current_executions(refresh=True)  # RQ's own record of what the worker runs
+        workers.append({"name": w.name, "state": str(getattr(w.get_state(), "value", w.get_state())), "pid": w.pid,
+                        "hostname": w.hostname, "in_flight": len(executions),
+                        "jobs": sorted(e.job_id for e in executions), **worker_details(conn, w)})
+    endpoints = [e for w in workers for e in w["model_endpoints"]]
     return {
         "queue": queue_name,
         "jobs": queue_counts(conn, queue_name),
-        "workers": [
-            {"name": w.name, "state": str(getattr(w.get_state(), "value", w.get_state())), "pid": w.pid,
-             "hostname": w.hostname, "current_job": w.get_current_job_id()}
-            for w in workers
-        ],
+        "in_flight": sum(w["in_flight"] for w in workers),
+        "workers": workers,
+        "model": {"requests": sum(e["requests"] for e in endpoints), "retries": sum(e["retries"] for e in endpoints),
+                  "failures": sum(e["failures"] for e in endpoints), "in_flight": sum(e["in_flight"] for e in endpoints),
+                  "waiting": sum(e["waiting"] for e in endpoints)},
         "collections": [collection_status(conn, c) for c in (collections or list_collections(conn))],
     }

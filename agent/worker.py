@@ -9,6 +9,8 @@ scheduler) dies with it (PR_SET_PDEATHSIG): an orphaned horse would finish an ep
 was already handed to someone else.
 
 A plain `rq worker <queue>` also runs these jobs; it just recovers from crashes more slowly.
+`forager worker` runs the async worker (agent/async_worker.py: many jobs per process, same RQ
+bookkeeping) unless asked for the fork-per-job one (`--fork`).
 """
 
 from __future__ import annotations
@@ -96,14 +98,33 @@ def worker_name() -> str:
 
 
 def run_worker(queue_name: str, redis_url: str, burst: bool = False, with_scheduler: bool = False,
-               log_level: str = "INFO") -> bool:
-    """Run one worker in this process until stopped (or, with burst, until the queue is empty)."""
+               log_level: str = "INFO", concurrency: int | None = None) -> bool:
+    """Run one worker in this process until stopped (or, with burst, until the queue is empty).
+
+    `concurrency` N: the async worker, N jobs in flight as coroutines (agent/async_worker.py); None: RQ's
+    fork-per-job worker, one job at a time in a work horse."""
     settings = Settings.from_env()
     os.register_at_fork(after_in_child=die_with_parent)
     preload(settings)
     conn = connect(redis_url)
-    worker = ForagerWorker([queue_name], connection=conn, name=worker_name(), settings=settings)
-    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+    if concurrency is None:
+        worker = ForagerWorker([queue_name], connection=conn, name=worker_name(), settings=settings)
+        return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level=log_level)
+    from agent.async_worker import AsyncWorker
+
+    raise_fd_limit()
+    worker = AsyncWorker([queue_name], connection=conn, name=worker_name(), settings=settings, concurrency=concurrency)
+    return worker.work(burst=burst, logging_level=log_level)
+
+
+def raise_fd_limit() -> None:
+    """Hundreds of episodes hold hundreds of connections (env server, model endpoint): lift the soft limit
+    on open files to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
@@ -138,21 +159,34 @@ def run_scheduler(queue_name: str, redis_url: str, poll: float = 1.0) -> None:
 
 
 class Pool:
-    """N worker processes, respawned if one dies, stopped together (SIGTERM = finish current jobs)."""
+    """Worker processes, respawned if one dies, stopped together (SIGTERM = finish current jobs).
+
+    `concurrency` is the number of jobs in flight. Async mode (the default): `processes` async workers
+    share them (N/P coroutines each). Fork mode (`per_job_process=True`, RQ's classic worker): one worker
+    process, and one work horse, per job in flight.
+    """
 
     def __init__(self, concurrency: int, queue_name: str, redis_url: str, burst: bool = False,
-                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", log_dir: Path | None = None):
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", log_dir: Path | None = None,
+                 processes: int = 1, per_job_process: bool = False):
+        if concurrency < 1 or processes < 1:
+            raise ValueError("concurrency and processes must be at least 1")
         self.concurrency, self.queue_name, self.redis_url, self.burst = concurrency, queue_name, redis_url, burst
         self.metrics_port, self.metrics_host, self.log_dir = metrics_port, metrics_host, log_dir
+        self.per_job_process = per_job_process
+        self.processes = concurrency if per_job_process else min(processes, concurrency)
+        # N places over P processes: the first N % P processes take one more
+        self.shares = [] if per_job_process else [concurrency // self.processes + (i < concurrency % self.processes)
+                                                  for i in range(self.processes)]
         self.procs: list[subprocess.Popen] = []
         self.scheduler: subprocess.Popen | None = None
         self.spawned = 0
+        self.respawns: list[tuple[float, int | None]] = []  # (when, share) of workers to start again
+        self.quick_deaths = 0
         self.stopping = False
         self.metrics_dir = tempfile.mkdtemp(prefix="forager-metrics-") if metrics_port else None
 
-    def _spawn(self, role: str = "worker") -> subprocess.Popen:
+    def _spawn(self, role: str = "worker", share: int | None = None) -> subprocess.Popen:
         env = dict(os.environ)
         env["FORAGER_POOL_PID"] = str(os.getpid())  # the child ties its life to ours (see main())
         if self.metrics_dir:
@@ -160,8 +194,11 @@ class Pool:
         cmd = [sys.executable, "-m", "agent.worker", "--queue", self.queue_name, "--url", self.redis_url]
         if role == "scheduler":
             cmd.append("--scheduler")
-        elif self.burst:
-            cmd.append("--burst")
+        else:
+            if self.burst:
+                cmd.append("--burst")
+            if share is not None:
+                cmd += ["--concurrency", str(share)]
         self.spawned += 1
         out = None
         if self.log_dir:
@@ -169,9 +206,20 @@ class Pool:
             out = open(self.log_dir / f"{role}-{os.getpid()}-{self.spawned}.log", "ab")
         # No preexec_fn: it is unsafe with threads (the progress bar, the metrics server).
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc.share = share  # type: ignore[attr-defined]  (a respawn takes the same share)
+        proc.spawned_at = time.monotonic()  # type: ignore[attr-defined]
         if out:
             out.close()
         return proc
+
+    def _respawn_delay(self, proc) -> float:
+        """None for a worker that ran a while; growing waits (up to a minute) for one that keeps dying at once
+        (Redis gone, a broken install), so a pool never spins."""
+        if time.monotonic() - getattr(proc, "spawned_at", 0.0) > 30:
+            self.quick_deaths = 0
+            return 0.0
+        self.quick_deaths += 1
+        return min(60.0, 0.5 * 2 ** self.quick_deaths)
 
     def stop(self, *_):
         """First call: warm shutdown (workers finish their current job). Second call: kill them."""
@@ -192,7 +240,8 @@ class Pool:
                 raise PoolError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port}: {exc}") from exc
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        self.procs = [self._spawn() for _ in range(self.concurrency)]
+        shares = self.shares or [None] * self.processes
+        self.procs = [self._spawn(share=share) for share in shares]
         try:
             while True:
                 if not self.stopping and (self.scheduler is None or self.scheduler.poll() is not None):
@@ -206,9 +255,16 @@ class Pool:
                         from prometheus_client import multiprocess
 
                         multiprocess.mark_process_dead(p.pid, self.metrics_dir)
-                    if not self.stopping and not self.burst:  # a crashed worker is replaced
-                        alive.append(self._spawn())
+                    if not self.stopping and not self.burst:  # a crashed worker is replaced, soon
+                        self.respawns.append((time.monotonic() + self._respawn_delay(p), getattr(p, "share", None)))
+                moment = time.monotonic()
+                due = [r for r in self.respawns if r[0] <= moment]
+                self.respawns = [r for r in self.respawns if r[0] > moment]
+                alive += [self._spawn(share=share) for _, share in due if not self.stopping]
                 self.procs = alive
+                if not self.procs and self.respawns and not self.stopping:
+                    time.sleep(0.5)
+                    continue
                 if not self.procs:
                     return 0
                 time.sleep(0.5)
@@ -235,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-scheduler", action="store_true", help="also run RQ's scheduler (standalone use)")
     parser.add_argument("--scheduler", action="store_true", help="run only the retry scheduler (the pool does)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="jobs in flight in this process (the async worker); default: RQ's fork-per-job worker")
     args = parser.parse_args(argv)
     pool_pid = os.environ.pop("FORAGER_POOL_PID", None)
     if pool_pid:
@@ -242,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.scheduler:
         run_scheduler(args.queue, args.url)
     else:
-        run_worker(args.queue, args.url, burst=args.burst, with_scheduler=args.with_scheduler, log_level=args.log_level)
+        run_worker(args.queue, args.url, burst=args.burst, with_scheduler=args.with_scheduler, log_level=args.log_level,
+                   concurrency=args.concurrency)
     return 0
 
 

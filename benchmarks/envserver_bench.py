@@ -4,13 +4,15 @@
      of the same command (the CLI, and the SDK's exec_run, which skips the CLI's start-up);
      (the transport with the state record off; the same with it on is printed beside it);
   2. env acquire from the warm pool (POST /envs) vs a cold `docker run` of the same image;
-  3. N concurrent envs (default 64), each driven by its own async client doing M shell steps.
+  3. N concurrent envs (default 64; 512 for the scale target), each driven by its own async client doing M
+     shell steps; memory per env with all N up (container, containerd shim, the server's share).
 
 Targets: round trip p50 <= 3 ms and >= 15x faster than docker exec; warm acquire p50 <= 20 ms;
 64 concurrent envs with zero errors and p99 step <= 250 ms. The last line is one JSON object
 holding every figure printed.
 
     python benchmarks/envserver_bench.py [--envs 64] [--steps 20] [--image forager/base:py3.11]
+    flock /tmp/forager-heavy.lock python benchmarks/envserver_bench.py --envs 512   (the scale target: 0 errors)
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from envserver.client import AsyncEnvClient, EnvClient  # noqa: E402
 from envserver.models import Limits  # noqa: E402
+from benchmarks import memory  # noqa: E402
 
 COMMAND = "echo hello"
 
 TOKEN = secrets.token_hex(16)  # the env server always requires one
+SERVER_ID = f"bench-{os.getpid()}"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -57,12 +61,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(image: str, pool: int) -> tuple[subprocess.Popen, str]:
+def start_server(image: str, pool: int, max_envs: int = 512) -> tuple[subprocess.Popen, str]:
     port = free_port()
     home = tempfile.mkdtemp(prefix="envserver-bench-")
     proc = subprocess.Popen(
         [sys.executable, "-m", "envserver", "--token", TOKEN, "--port", str(port), "--allow", image, "--pool", f"{image}={pool}",
-         "--server-id", f"bench-{os.getpid()}"],
+         "--server-id", SERVER_ID, "--max-envs", str(max_envs)],
         cwd=ROOT, env={**os.environ, "FORAGER_HOME": home}, stdout=subprocess.DEVNULL, stderr=open(f"{home}/server.log", "w"),
     )
     url = f"http://127.0.0.1:{port}"
@@ -160,13 +164,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def bench_concurrent(url: str, image: str, envs: int, steps: int, server_pid: int) -> dict:
-    admin = AsyncEnvClient(url, token=TOKEN)
+    # As many connections as envs (a create waits for Docker, not for a connection), and no pool deadline.
+    admin = AsyncEnvClient(url, token=TOKEN, max_connections=envs, pool_timeout=None)
     errors: list[str] = []
+    server_rss0 = memory.rss(server_pid)
     t0 = time.perf_counter()
     created = await asyncio.gather(*(admin.create_env(image) for _ in range(envs)), return_exceptions=True)
     create_seconds = time.perf_counter() - t0
     ids = [e.id for e in created if not isinstance(e, BaseException)]
     errors += [repr(e) for e in created if isinstance(e, BaseException)]
+    # Memory per env, with every env up: its container (cgroup, less page cache), its containerd shim, and
+    # what the server holds for it (its RSS growth over the envs).
+    containers = {e.container_id for e in created if not isinstance(e, BaseException)}
+    mem = {"container": sum(memory.container_memory(c) for c in containers), "shims": memory.shims(containers),
+           "server": memory.rss(server_pid) - server_rss0, "server_rss": memory.rss(server_pid)}
+    live = max(1, len(containers))
     latencies: list[float] = []
     server_side: list[float] = []  # ShellResponse.duration: time spent on the session inside the server
 
@@ -205,6 +217,11 @@ async def bench_concurrent(url: str, image: str, envs: int, steps: int, server_p
         "server_cpu_ms_per_step": round(server_cpu / max(1, len(latencies)) * 1000, 3),
         "client_cpu_ms_per_step": round(client_cpu / max(1, len(latencies)) * 1000, 3),
         "concurrent_create_seconds": round(create_seconds, 2), "concurrent_first_errors": errors[:3],
+        "mem_per_env_container_mb": memory.mb(mem["container"] / live),
+        "mem_per_env_shim_mb": memory.mb(mem["shims"]["rss"] / live),
+        "mem_per_env_server_mb": memory.mb(mem["server"] / live),
+        "mem_per_env_total_mb": memory.mb((mem["container"] + mem["shims"]["rss"] + mem["server"]) / live),
+        "server_rss_mb_at_peak": memory.mb(mem["server_rss"]),
     }
 
 
@@ -220,7 +237,7 @@ def main() -> None:
     args = p.parse_args()
 
     dclient = docker.from_env()
-    proc, url = start_server(args.image, args.pool)
+    proc, url = start_server(args.image, args.pool, max_envs=max(512, args.envs + args.pool + 4))
     figures: dict = {"image": args.image, "cpus": os.cpu_count(), "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     try:
         with EnvClient(url, token=TOKEN) as client:
@@ -241,6 +258,9 @@ def main() -> None:
               f"({conc['concurrent_steps_per_s']} steps/s; {args.envs} envs created in {conc['concurrent_create_seconds']} s)")
         print(f"  inside the server p50 {conc['concurrent_in_server_p50_ms']} ms  p99 {conc['concurrent_in_server_p99_ms']} ms;"
               f" CPU per step: server {conc['server_cpu_ms_per_step']} ms, this client {conc['client_cpu_ms_per_step']} ms")
+        print(f"  memory per env: {conc['mem_per_env_total_mb']} MB = container {conc['mem_per_env_container_mb']} MB + "
+              f"containerd shim {conc['mem_per_env_shim_mb']} MB + env server {conc['mem_per_env_server_mb']} MB "
+              f"(server RSS {conc['server_rss_mb_at_peak']} MB with {args.envs} envs)")
         figures.update(conc)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -30,6 +30,9 @@ def parse_pool(items: list[str]) -> dict[str, int]:
     return pool
 
 
+KEEP_ALIVE = 75  # s an idle client connection is kept
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m envserver", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
@@ -48,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-timeout", type=float, default=3600.0)
     p.add_argument("--fork-mechanism", choices=["auto", "snapshot", "commit"], default="auto",
                    help="forks by snapshot of the env's btrfs layer, by docker commit, or auto (snapshot where it works)")
+    p.add_argument("--fork-ready", type=int, default=32,
+                   help="containers created ahead of forks, in all (0: none; forks then create theirs)")
     p.add_argument("--json", action="store_true", help="one JSON line on stdout once serving")
     return p
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             pool=parse_pool(args.pool), reaper_interval=args.reaper_interval, max_timeout=args.max_timeout,
             grading_pool_size=args.grading_pool_size, max_envs=args.max_envs,
             require_disk_quota=args.require_disk_quota, fork_mechanism=args.fork_mechanism,
+            fork_ready_total=args.fork_ready,
         )
         app = create_app(config)
     except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError too
@@ -78,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         _say({"ok": False, "error": f"Docker is unavailable: {exc}"}, args.json, f"Docker is unavailable: {exc}")
         sys.exit(3)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
+    # Keep-alive well past the clients' (httpx: 5 s): with uvicorn's default of 5 s too, a client reusing an
+    # idle connection just as the server closes it gets a ReadError (429 of 10,240 steps at 512 envs).
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                                           timeout_keep_alive=KEEP_ALIVE, backlog=4096))
     url = f"http://{args.host}:{args.port}"
 
     async def announce() -> None:

@@ -150,10 +150,18 @@ class EnvClient:
 
 
 class AsyncEnvClient:
+    """The same calls as coroutines. One client serves many episodes at once: `max_connections` bounds its
+    connections (a call waits for a free one up to `pool_timeout` s; None waits as long as it takes, for a
+    caller that bounds its own concurrency, such as the async worker)."""
+
     def __init__(self, url: str, token: str | None = None, timeout: httpx.Timeout | float | None = DEFAULT_TIMEOUT,
-                 max_connections: int = 100):
+                 max_connections: int = 100, pool_timeout: float | None = 60.0):
         self.url = url.rstrip("/")
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write, pool=pool_timeout)
+        # An idle connection is dropped by this side first (the server keeps one 75 s): never reused as it closes.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                              keepalive_expiry=30.0)
         transport = httpx.AsyncHTTPTransport(socket_options=NODELAY, limits=limits)
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token), timeout=timeout, transport=transport)
 

@@ -45,6 +45,9 @@ class ServerConfig(BaseModel):
     patch_cap: int = Field(default=4 * 1024 * 1024, ge=1024, description="largest patch a submit grades, bytes")
     grading_pool_size: int = Field(default=1, ge=0, le=64, description="warm grading containers per graded image")
     max_envs: int = Field(default=512, ge=1, description="live envs this server holds at most")
+    fork_ready_per_image: int = Field(default=16, ge=0, le=64,
+                                      description="containers created ahead of forks of an image already forked")
+    fork_ready_total: int = Field(default=32, ge=0, description="containers created ahead of forks, in all")
     max_ttl: int = Field(default=86400, ge=10, description="ceiling on an env's ttl, seconds")
     max_limits: Limits = Field(
         default_factory=lambda: Limits(cpus=8, memory_mb=16384, pids=4096, disk_mb=51200),

@@ -116,7 +116,7 @@ class Manager:
             task.cancel()
         if self._stop_events:
             self._stop_events()
-        warm = await self.pool.close()
+        warm = [*await world.close_fork_ready(self), *await self.pool.close()]  # forkready.py: none returned
         graders = await self.graders.close()
         envs = list(self.envs.values()) + warm
         self.envs.clear()

@@ -36,6 +36,7 @@ _IDENTITY = (
 FIXED_MTIME = "@946684800"  # 2000-01-01: every file of a task env, so no mtime points at the changed file
 WORK = "/tmp/forager-grade"
 SETUP_PATCH_PATH = "/tmp/forager-setup.patch"
+BASE_COMMIT_PATH = "/tmp/forager-base-commit"
 LOG_LIMIT = 20_000
 
 
@@ -65,13 +66,17 @@ printf '%s\\n' "$excludes" > .git/info/exclude
 {_IDENTITY} {GIT} commit -q --allow-empty -m base
 git reflog expire --expire=now --all
 find . -exec touch -h -d {FIXED_MTIME} {{}} +
-git rev-parse HEAD
+git rev-parse HEAD > {BASE_COMMIT_PATH}
 """
     result = await _run(backend, cid, script, workdir)
     text = result.text.strip()
     if result.exit_code != 0:
         raise BadRequest(f"setup failed in {workdir} (exit {result.exit_code}): {text[-4000:]}")
-    return text.splitlines()[-1]
+    # Read through the archive API, never from the exec's stream: a loaded daemon can drop a short exec's
+    # output (seen with hundreds of envs starting at once), and an empty answer is not a commit. The file
+    # holds what `git rev-parse HEAD` tells the agent anyway.
+    data, _ = await asyncio.to_thread(backend.read_file, cid, BASE_COMMIT_PATH)
+    return data.decode().strip()
 
 
 @dataclass

@@ -4,7 +4,8 @@ A fork (`fork(manager, source, request)`) is an env like any other (labels, expi
 with the source's filesystem and shell state at that moment; the source keeps running. Mechanism, chosen by
 measurement (docs/world.md, benchmarks/world_bench.py): on Docker's btrfs driver, `count` containers of the
 source's image, each created with a copy-on-write snapshot of the source's layer in place of its own
-(envserver/layers.py; the source paused for one snapshot only); elsewhere `docker commit` of the source
+(envserver/layers.py: one atomic snapshot of the source, which keeps running), created ahead where the
+image was forked before (envserver/forkready.py); elsewhere `docker commit` of the source
 (paused for the commit) into an image labelled for this server, and `count` containers started from it.
 Either way, each fork gets a fresh bash session in which the source's cwd and exported variables are re-created. Running
 processes, non-exported variables, functions and aliases are not forked. The fork keeps the source's
@@ -26,6 +27,7 @@ import shlex
 import time
 
 from envserver.errors import BadRequest
+from envserver.forkready import ForkReady
 from envserver.models import ForkRequest, StateRecord
 from envserver.state import IGNORED_VARS, StateTracker, parse_exports
 
@@ -101,22 +103,37 @@ async def fork(manager, source, req: ForkRequest) -> list:
     image = None
     if snapshots is not None and config.fork_mechanism != "commit":
         # The origin is taken while the forks' containers are created (each waits for it before its layer
-        # is put in place): the two Docker round trips overlap instead of adding up.
+        # is put in place): the two Docker round trips overlap instead of adding up. Containers created
+        # ahead for this image (envserver/forkready.py) skip the create altogether.
+        ready = fork_ready(manager).take(source.image, source.limits, req.count)
         taking = asyncio.ensure_future(asyncio.to_thread(manager.backend.snapshot_layer, source.container_id,
                                                          origin_prefix(manager.server_id) + secrets.token_hex(6)))
         origin = concurrent.futures.Future()  # what the forks' threads wait on
-        taking.add_done_callback(lambda done: origin.cancel() if done.cancelled() else
-                                 origin.set_exception(done.exception()) if done.exception() else origin.set_result(done.result()))
+        waiting = [origin] + [item.origin for item in ready]
+
+        def hand_over(done) -> None:
+            for future in waiting:
+                if done.cancelled():
+                    future.cancel()
+                elif done.exception():
+                    future.set_exception(done.exception())
+                else:
+                    future.set_result(done.result())
+
+        taking.add_done_callback(hand_over)
 
         def place(container_id: str) -> None:
             snapshots.place(origin.result(timeout=300), container_id)
 
         try:
-            started = await asyncio.gather(*(manager._start_env(source.image, source.limits, ttl, workdir, prepare=place)
-                                             for _ in range(req.count)), return_exceptions=True)
+            started = await asyncio.gather(
+                *(item.task for item in ready),
+                *(manager._start_env(source.image, source.limits, ttl, workdir, prepare=place)
+                  for _ in range(req.count - len(ready))), return_exceptions=True)
         finally:
             if (made := await _settled(taking)) is not None:
                 await asyncio.to_thread(snapshots.drop, made)
+        fork_ready(manager).want(source.image, source.limits, req.count)  # for the next fork of this image
     else:
         image = f"{fork_repository(manager.server_id)}:{secrets.token_hex(6)}"
         labels = {LABEL_FORK_IMAGE: manager.server_id, "forager.expires": str(int(time.time() + ttl + 60))}
@@ -140,7 +157,7 @@ async def fork(manager, source, req: ForkRequest) -> list:
         raise
     now = time.time()
     for env in forks:
-        env.image, env.limits = source.image, source.limits
+        env.image, env.limits, env.workdir = source.image, source.limits, source.workdir
         env.base_commit, env.setup_patch, env.grading = source.base_commit, source.setup_patch, source.grading
         env.labels = {**source.labels, **req.labels, LABEL_FORK_OF: source.id}
         env.fork_of, env.created_at, env.expires_at = source.id, now, now + ttl
@@ -148,6 +165,22 @@ async def fork(manager, source, req: ForkRequest) -> list:
         env.tracker = source.tracker.clone_for(env.container_id) if source.tracker is not None else None
         manager.envs[env.id] = env
     return forks
+
+
+def fork_ready(manager) -> ForkReady:
+    """The server's containers created ahead of forks (made on first use)."""
+    if getattr(manager, "fork_ready", None) is None:
+        config = manager.config
+        manager.fork_ready = ForkReady(manager, manager.backend.layer_snapshots, config.fork_ready_per_image,
+                                       config.fork_ready_total)
+    return manager.fork_ready
+
+
+async def close_fork_ready(manager) -> list:
+    """Containers waiting for a fork give up; each is removed as an env that failed to start (returns [])."""
+    if getattr(manager, "fork_ready", None) is not None:
+        await manager.fork_ready.close()
+    return []
 
 
 async def _restore_shell(env, cwd: str, exports_text: str) -> None:

@@ -33,6 +33,7 @@ class Settings(BaseModel):
     model_name: str | None = None
     model_api_key: str | None = None
     model_protocol: str = "tools"  # openai policy: "tools" (native function calling) or "text" (CWM's tags)
+    model_max_concurrency: int = 64  # requests in flight to one model endpoint from one worker process
     # The fleet. Infra failures are retried after these waits (s), one retry per wait.
     retry_intervals: tuple[int, ...] = (5, 15, 45, 120)
     job_monitor_interval: int = 10  # s between a worker's heartbeats (and checks on its work horse)
@@ -52,6 +53,7 @@ class Settings(BaseModel):
             model_name=os.environ.get("FORAGER_MODEL") or None,
             model_api_key=os.environ.get("FORAGER_MODEL_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
             model_protocol=_env("FORAGER_MODEL_PROTOCOL", "tools"),
+            model_max_concurrency=int(_env("FORAGER_MODEL_MAX_CONCURRENCY", "64")),
             retry_intervals=tuple(int(x) for x in _env("FORAGER_RETRY_INTERVALS", "5,15,45,120").split(",") if x),
             job_monitor_interval=int(_env("FORAGER_JOB_MONITOR_INTERVAL", "10")),
             heartbeat_grace=int(_env("FORAGER_HEARTBEAT_GRACE", "30")),

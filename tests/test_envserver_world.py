@@ -136,11 +136,11 @@ def test_forks_are_never_leaked(docker_client, envtest_image, tmp_path, mechanis
         with first.client() as c:
             src = c.create_env(envtest_image, ttl=600)
             c.fork(src.id, 2)
-            assert len(containers_of(docker_client, server_id)) == 3
+            assert len(running(docker_client, server_id)) == 3  # (and, by snapshot, containers made for the next fork)
             assert bool(docker_client.api.images(filters={"label": f"forager.fork-image={server_id}"})) == committing
     finally:
         stop_envserver(first, kill=True)
-    assert len(containers_of(docker_client, server_id)) == 3  # kill -9 left them behind
+    assert len(running(docker_client, server_id)) == 3  # kill -9 left them behind
     snapshots = snapshots_here(docker_client)
     if snapshots is not None:  # as if killed inside a fork call, between its origin snapshot and its removal
         leftover = snapshots.take(containers_of(docker_client, server_id)[0]["Id"], origin_prefix(server_id) + "killed")
@@ -202,3 +202,36 @@ def test_the_find_probe_records_what_the_walker_does_and_a_killed_probe_comes_ba
             assert after is not None and after.files_created == ["y.txt"] and after.tree_digest != before
         finally:
             c.delete_env(env.id)
+
+
+def running(docker_client, server_id: str) -> list[dict]:
+    return [c for c in containers_of(docker_client, server_id) if c["State"] == "running"]
+
+
+def test_a_second_fork_uses_containers_made_ahead_and_is_the_same(docker_client, envtest_image, tmp_path):
+    """After a fork of an image, containers for its next forks are created ahead (envserver/forkready.py): the
+    next fork starts them with the source's state then, and a clean stop removes the ones left waiting."""
+    if snapshots_here(docker_client) is None:
+        pytest.skip("forks by snapshot need Docker's btrfs driver on this host")
+    server_id = f"test-ready-{tmp_path.name}"
+    server = start_envserver(home=tmp_path, server_id=server_id)
+    try:
+        with server.client() as c:
+            src = c.create_env(envtest_image, ttl=600)
+            c.fork(src.id, 2)
+
+            def waiting() -> set[str]:
+                return {x["Id"] for x in containers_of(docker_client, server_id) if x["State"] == "created"}
+
+            from tests.test_fleet_support import wait_for
+
+            ahead = wait_for(lambda: len(waiting()) == 2 and waiting(), "two containers made ahead of the next fork")
+            c.shell(src.id, "echo second > notes.txt && cd tests && export STAGE=two")
+            forks = c.fork(src.id, 2)
+            assert {f.container_id for f in forks} == ahead  # the ones made ahead, not new ones
+            for f in forks:
+                assert c.shell(f.id, "pwd; echo $STAGE; cat ../notes.txt").output == "/repo/tests\ntwo\nsecond\n"
+                assert c.get_env(f.id).workdir == src.workdir
+    finally:
+        stop_envserver(server)
+    assert containers_of(docker_client, server_id) == []  # the ones still waiting went with the server

@@ -111,7 +111,7 @@ def test_sigkilled_worker_job_runs_again_exactly_once(redis_url, conn, queue_nam
     for i in range(n):
         enqueue(MARK, {"log": str(log), "token": f"j{i}", "seconds": 1.5}, f"k-{i}", conn=conn, queue_name=queue_name)
     env = fleet_env(redis_url, forager_home, queue_name)
-    pool = start_pool(env, 3, tmp_path / "pool.log")
+    pool = start_pool(env, 3, tmp_path / "pool.log", "--fork")  # RQ's fork-per-job worker (the async one: test_fleet_async)
     try:
         # Mid-job: its work horse has marked the job started. (A kill in the instant between
         # dequeue and that mark is recovered too, by RQ's intermediate-queue sweep, after a minute.)
@@ -212,7 +212,8 @@ def test_metrics_and_status_json(redis_url, conn, queue_name, tmp_path, forager_
         assert st["queue"] == queue_name and st["jobs"]["finished"] == 3
         mine = [c for c in st["collections"] if c["collection"] == queue_name]
         assert mine and mine[0]["done"] == 3 and mine[0]["complete"]
-        assert len(st["workers"]) == 2
+        # one async worker process with two places (`--concurrency 2`): RQ's record of it, with our fields
+        assert [(w["concurrency"], w["in_flight"]) for w in st["workers"]] == [(2, 0)]
     finally:
         stop_pool(pool)
 

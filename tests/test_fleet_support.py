@@ -111,3 +111,72 @@ def busy_workers(conn, queue: str) -> list:
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*FORAGER, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------- a model that takes its time
+
+
+def episode_model_app(steps: int, latency: float, jitter: float, seed: int = 0, command: str = "echo step {n}"):
+    """An OpenAI-compatible chat endpoint (the one stand-in allowed) for fleet runs: every reply comes after
+    `latency` ± `jitter` s, as a model server's would; it runs `steps - 1` shell calls (`command`, one per turn,
+    counted from the conversation), then submits. Stateless, so any number of episodes share it."""
+    import asyncio
+    import json
+    import random
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    rng = random.Random(seed)
+    served = {"n": 0}
+
+    async def completions(request):
+        body = await request.json()
+        done = sum(1 for m in body.get("messages", []) if m.get("role") in ("tool",))
+        await asyncio.sleep(max(0.0, latency + rng.uniform(-jitter, jitter)))
+        served["n"] += 1
+        if done < steps - 1:
+            call = {"name": "shell", "arguments": json.dumps({"command": command.format(n=done)})}
+        else:
+            call = {"name": "submit", "arguments": "{}"}
+        message = {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": f"call_{served['n']}", "type": "function", "function": call}]}
+        return JSONResponse({"id": f"c{served['n']}", "object": "chat.completion", "created": 0,
+                             "model": body.get("model", "m"),
+                             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+    async def stats(request):
+        return JSONResponse(served)
+
+    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]), Route("/stats", stats)])
+
+
+def start_model_server(port: int, steps: int, latency: float, jitter: float, log: Path) -> subprocess.Popen:
+    """The model above in its own process on loopback (so a benchmark does not count it as the worker's)."""
+    out = open(log, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.test_fleet_support", "model", str(port), str(steps),
+                             str(latency), str(jitter)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    out.close()
+    import httpx
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    wait_for(up, "the model server", deadline=60)
+    if proc.poll() is not None:
+        raise RuntimeError(f"the model server exited: {log.read_text()[-2000:]}")
+    return proc
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["model"]:
+    import uvicorn
+
+    port, steps, latency, jitter = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+    uvicorn.run(episode_model_app(steps, latency, jitter), host="127.0.0.1", port=port, log_level="warning",
+                backlog=4096, timeout_keep_alive=600)

@@ -152,17 +152,22 @@ def branch_plan(at: list[int], branches: int, alternatives: Path | None, json_ou
 
 @app.command()
 def worker(
-    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="worker processes"),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="episodes in flight"),
+    processes: int = typer.Option(1, "--processes", "-P", min=1,
+                                  help="async worker processes sharing the concurrency (N/P episodes each)"),
+    fork: bool = typer.Option(False, "--fork", help="RQ's fork-per-job worker: one process per episode in flight"),
     burst: bool = typer.Option(False, "--burst", help="exit when the queue is empty"),
     metrics_port: int | None = typer.Option(None, "--metrics-port", help="serve Prometheus metrics on this port"),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document on stdout when the pool stops"),
 ) -> None:
-    """Run N RQ workers on the fleet's queue (FORAGER_REDIS_URL, FORAGER_QUEUE) until stopped."""
+    """Run workers on the fleet's queue (FORAGER_REDIS_URL, FORAGER_QUEUE) until stopped: N episodes in flight
+    as coroutines in P async worker processes (or, with --fork, N processes of one episode each)."""
     settings = Settings.from_env()
     conn = redis_conn(settings, json_out)
     pool = Pool(concurrency, settings.queue, settings.redis_url, burst=burst, metrics_port=metrics_port,
-                metrics_host=metrics_host, log_dir=settings.logs_dir / "workers")
+                metrics_host=metrics_host, log_dir=settings.logs_dir / "workers", processes=processes,
+                per_job_process=fork)
     before = queue_counts(conn, settings.queue)
     done = threading.Event()
 
@@ -177,7 +182,7 @@ def worker(
                     bar.update(t, status=f"redis unreachable: {exc}")
                     continue
                 finished = c["finished"] - before["finished"] + c["failed"] - before["failed"]
-                bar.update(t, completed=max(finished, 0), status=f"queued {c['queued']}  running {c['started']}  "
+                bar.update(t, completed=max(finished, 0), status=f"queued {c['queued']}  in flight {c['started']}  "
                            f"retrying {c['scheduled']}  finished {c['finished']}  failed {c['failed']}")
 
     shower = threading.Thread(target=show, daemon=True)
@@ -193,7 +198,8 @@ def worker(
         shower.join(3)
     after = queue_counts(conn, settings.queue)
     if json_out:
-        print_json({"ok": code == 0, "concurrency": concurrency, "seconds": round(time.time() - started, 2),
+        print_json({"ok": code == 0, "concurrency": concurrency, "processes": pool.processes, "fork": fork,
+                    "seconds": round(time.time() - started, 2),
                     "queue": settings.queue, "jobs": after})
     raise typer.Exit(code)
 
@@ -218,9 +224,19 @@ def status(
         return
     j = st["jobs"]
     console.print(f"queue [bold]{st['queue']}[/] at {masked(settings.redis_url)}: " + "  ".join(f"{k} {v}" for k, v in j.items()))
-    console.print(f"workers: {len(st['workers'])} ("
-                  + ", ".join(f"{w['name']}={w['state']}" for w in st["workers"][:8])
-                  + (" ..." if len(st["workers"]) > 8 else "") + ")")
+    console.print(f"workers: {len(st['workers'])}, episodes in flight: {st['in_flight']}")
+    for w in st["workers"][:16]:
+        console.print(f"  {w['name']}  {w['state']}  in flight {w['in_flight']}/{w['concurrency']}")
+    if len(st["workers"]) > 16:
+        console.print(f"  ... and {len(st['workers']) - 16} more")
+    m = st["model"]
+    if m["requests"]:
+        console.print(f"model endpoints: requests {m['requests']}  in flight {m['in_flight']}  waiting {m['waiting']}  "
+                      f"retried {m['retries']}  failed {m['failures']}")
+        for w in st["workers"]:
+            for e in w["model_endpoints"]:
+                if e.get("last_error"):
+                    console.print(f"  {w['name']} -> {e['url']}: errors {e['errors']}; last: {e['last_error'][:120]}")
     table = Table("collection", "jobs", "queued", "run", "retry", "done", "failed", "trajs", "solved", "reward")
     for c in st["collections"]:
         table.add_row(c["collection"], *(str(c[k]) for k in ("total", "queued", "running", "retrying", "done",

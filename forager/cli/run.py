@@ -3,7 +3,8 @@
   build    images.build.build_list        (cached: an ok image in the catalog is not rebuilt)
   synth    forager.tasks.synth            (resumes: decided candidates and tasks are on disk)
   mine     forager.tasks.mine             (--issue-fix only: the list's git entries; resumes from its verdict log)
-  services Redis, env server, workers     (used if reachable, else started and stopped at the end)
+  services Redis, env server, a worker    (used if reachable, else started and stopped at the end; the worker
+                                          is the async one: --workers episodes in flight in one process)
   collect  one job per (task, attempt)    (deterministic ids: done episodes are never redone)
   summary  a table and one JSON document
 
@@ -48,7 +49,7 @@ class RunOptions:
     tasks_per_repo: int = 3
     max_candidates: int = 30
     attempts: int = 1
-    workers: int = 2
+    workers: int = 4  # episodes in flight (one async worker process, agent/async_worker.py)
     jobs: int = 2  # concurrent image builds
     synth_workers: int | None = None  # sandboxes per repo validating candidates (default: CPUs, at most 4)
     max_turns: int = 30
@@ -213,8 +214,9 @@ def run_cmd(
     tasks_per_repo: int = typer.Option(3, "--tasks-per-repo", min=1, help="mutate-fix tasks per repository"),
     max_candidates: int = typer.Option(30, "--max-candidates", min=1, help="mutations tried per repository"),
     attempts: int = typer.Option(1, "--attempts", "-k", min=1, help="episodes per task"),
-    workers: int = typer.Option(2, "--workers", "-w", min=0,
-                                help="worker processes to start if none listen on the queue (0: use existing)"),
+    workers: int = typer.Option(4, "--workers", "-w", min=0,
+                                help="episodes in flight in the worker started if none listens on the queue "
+                                     "(one async worker process; 0: use existing workers)"),
     jobs: int = typer.Option(2, "-j", "--jobs", min=1, help="concurrent image builds"),
     synth_workers: int | None = typer.Option(None, "--synth-workers", min=1,
                                              help="sandboxes per repo validating mutations in parallel (default: CPUs, at most 4)"),

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from envserver.errors import EnvServerError
-from forager.episodes.loop import EnvServer, run_episode
+from forager.episodes.loop import EnvServer, Steps, adrive, call, drive, episode_steps
 from forager.episodes.policies import Policy
 from forager.models import Action, Step, Task, Trajectory
 from forager.trajectories.store import trajectory_id
@@ -49,36 +49,48 @@ def branch_name(step: int, branch: int) -> str:
 
 def run_branching_episode(task: Task, policy: Policy, env_server: EnvServer, plan: BranchPlan, *,
                           attempt: int = 0, **episode: Any) -> list[Trajectory]:
-    """The parent and its branches (parent first). `episode` holds run_episode's budget and env options."""
+    """The parent and its branches (parent first), with blocking calls."""
+    return drive(branching_steps(task, policy, env_server, plan, attempt=attempt, **episode))
+
+
+async def arun_branching_episode(task: Task, policy: Any, env_server: Any, plan: BranchPlan, *,
+                                 attempt: int = 0, **episode: Any) -> list[Trajectory]:
+    """The same tree as coroutines (an AsyncEnvClient, a sync or async policy)."""
+    return await adrive(branching_steps(task, policy, env_server, plan, attempt=attempt, **episode))
+
+
+def branching_steps(task: Task, policy: Policy, env_server: EnvServer, plan: BranchPlan, *,
+                    attempt: int = 0, **episode: Any) -> Steps:
+    """The tree as a generator of calls (forager.episodes.loop). `episode` holds the budget and env options."""
     info = policy.info
     parent_id = trajectory_id(task.id, attempt, info.name, info.model, branch=ROOT)
     pending: list[tuple[int, list[Step], list[str]]] = []  # (branch step, the parent's steps so far, fork ids)
 
-    def fork_here(env_id: str, steps: list[Step]) -> None:
+    def fork_here(env_id: str, steps: list[Step]) -> Steps:
         if len(steps) in plan.at and all(n != len(steps) for n, _, _ in pending):
-            forks = env_server.fork(env_id, plan.branches)
+            forks = yield call(env_server.fork, env_id, plan.branches)
             pending.append((len(steps), [s.model_copy(deep=True) for s in steps], [f.id for f in forks]))
 
     trajectories: list[Trajectory] = []
     try:
-        trajectories.append(run_episode(task, policy, env_server, attempt=attempt, trajectory_id=parent_id,
-                                        before_action=fork_here, **episode))
+        trajectories.append((yield from episode_steps(task, policy, env_server, attempt=attempt,
+                                                      trajectory_id=parent_id, before_action=fork_here, **episode)))
         while pending:
             step, prefix, fork_ids = pending[0]
             while fork_ids:
                 i = plan.branches - len(fork_ids)
                 env_id = fork_ids.pop(0)
                 first = [plan.alternatives[i]] if i < len(plan.alternatives) else None
-                trajectories.append(run_episode(
+                trajectories.append((yield from episode_steps(
                     task, policy, env_server, attempt=attempt, env_id=env_id, prefix=prefix, first_actions=first,
                     parent_id=parent_id, trajectory_id=trajectory_id(task.id, attempt, info.name, info.model,
-                                                                     branch=branch_name(step, i)), **episode))
+                                                                     branch=branch_name(step, i)), **episode)))
             pending.pop(0)
     finally:
         for _, _, fork_ids in pending:  # forks no branch got to use (the parent or a branch raised)
             for env_id in fork_ids:
                 try:
-                    env_server.delete_env(env_id)
+                    yield call(env_server.delete_env, env_id)
                 except EnvServerError:
                     pass
     return trajectories

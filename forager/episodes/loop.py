@@ -17,25 +17,38 @@ Each step keeps the server's state record (`Step.state`: files changed, diff, cw
 digest) when the server sends one. A branch of a branching collection (forager/episodes/branching.py) is an
 episode that starts in a forked env (`env_id`) after its parent's steps (`prefix`), possibly with set
 actions first (`first_actions`); `before_action` lets the caller fork the env before a step.
+
+One loop, two drivers. The loop is written once, without I/O of its own (`episode_steps`, a generator):
+it yields each call it needs made (`Call`: the policy's next action, an env server tool) and is sent the
+result, or has the call's exception thrown in. `run_episode` drives it with blocking calls (`drive`);
+`arun_episode` drives it in an event loop (`adrive`: a call that returns an awaitable is awaited), so a
+worker runs hundreds of episodes as coroutines with `AsyncEnvClient` and an async policy, and the blocking
+path costs no event loop at all. `make_step` and `make_trajectory` are the pieces that record one step
+and close a trajectory, for callers that drive an env step by step themselves (an OpenEnv server).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from envserver.errors import EnvBroken, EnvServerError
 from forager.errors import EpisodeInfraError, ModelError
 from forager.episodes.policies import Decision, Episode, Policy
 from forager.episodes.prompts import SYSTEM_PROMPT
-from forager.models import Action, EpisodeResult, ExitReason, Observation, StateChange, Step, Task, Trajectory
+from forager.models import (Action, EpisodeResult, ExitReason, Observation, PolicyInfo, StateChange, Step, Task,
+                            Trajectory)
 from forager.tasks import env_request
 from forager.trajectories.store import trajectory_id as make_trajectory_id
 
 FORMAT_ERROR_LIMIT = 3
 
-__all__ = ["EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "act", "run_episode"]
+__all__ = ["Call", "blocking", "EnvServer", "EpisodeInfraError", "FORMAT_ERROR_LIMIT", "act", "act_steps", "adrive", "arun_episode",
+           "drive", "episode_steps", "make_step", "make_trajectory", "run_episode"]
 
 
 class EnvServer(Protocol):
@@ -52,7 +65,78 @@ class EnvServer(Protocol):
     def fork(self, env_id: str, count: int = 1) -> list[Any]: ...
 
 
-def run_episode(
+@dataclass
+class Call:
+    """One call the loop needs made: `fn(*args, **kwargs)`. A driver makes it and sends back the result.
+    `blocking`: a blocking call (a file write with fsync) that the async driver runs in a thread, so one
+    episode's disk never stalls the others."""
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = False
+
+
+def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    return Call(fn, args, kwargs)
+
+
+def blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    return Call(fn, args, kwargs, blocking=True)
+
+
+Steps = Generator[Call, Any, Any]
+
+
+def drive(gen: Steps) -> Any:
+    """Run a loop generator with blocking calls; returns what the generator returns."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = gen.throw(error) if error is not None else gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value, error = request.fn(*request.args, **request.kwargs), None
+            if hasattr(type(value), "__await__"):  # (inspect.isawaitable's ABC check costs more, per call)
+                raise TypeError(f"{request.fn!r} is asynchronous: drive this loop with adrive (arun_episode)")
+        except BaseException as exc:  # thrown into the loop: it decides (an observation, an end, re-raise)
+            value, error = None, exc
+
+
+async def adrive(gen: Steps) -> Any:
+    """Run a loop generator in an event loop: a call that returns an awaitable is awaited. A cancelled
+    episode still runs its cleanup (the env is deleted) before the cancellation goes on."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = gen.throw(error) if error is not None else gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            if request.blocking:
+                value, error = await asyncio.to_thread(request.fn, *request.args, **request.kwargs), None
+            else:
+                value, error = request.fn(*request.args, **request.kwargs), None
+                if hasattr(type(value), "__await__"):
+                    value = await value
+        except BaseException as exc:
+            value, error = None, exc
+
+
+def run_episode(task: Task, policy: Policy, env_server: EnvServer, **options: Any) -> Trajectory:
+    """Run one episode with blocking calls (`episode_steps` says what `options` are)."""
+    return drive(episode_steps(task, policy, env_server, **options))
+
+
+async def arun_episode(task: Task, policy: Any, env_server: Any, **options: Any) -> Trajectory:
+    """The same episode as coroutines: `env_server` an `AsyncEnvClient`, `policy` sync or async."""
+    return await adrive(episode_steps(task, policy, env_server, **options))
+
+
+def episode_steps(
     task: Task,
     policy: Policy,
     env_server: EnvServer,
@@ -71,13 +155,15 @@ def run_episode(
     env_id: str | None = None,
     prefix: list[Step] | None = None,
     first_actions: list[Action] | None = None,
-    before_action: Callable[[str, list[Step]], None] | None = None,
+    before_action: Callable[[str, list[Step]], Any] | None = None,
     parent_id: str | None = None,
-) -> Trajectory:
-    """Run one episode. `max_tokens` bounds the conversation (the last call's prompt + completion tokens).
+) -> Steps:
+    """The episode as a generator of calls. `max_tokens` bounds the conversation (the last call's prompt +
+    completion tokens).
 
     A branch passes the forked `env_id` (used, then deleted, instead of a new env), its parent's `prefix`
-    steps, the `first_actions` to take before the policy is asked, and `parent_id`."""
+    steps, the `first_actions` to take before the policy is asked, and `parent_id`. `before_action(env_id,
+    steps)` runs before each action; when it returns a generator of calls, its calls are made too."""
     started = time.time()
     deadline = started + wall_clock if wall_clock else None
     info = policy.info
@@ -99,9 +185,9 @@ def run_episode(
                 req.labels.update(env_labels)
             if env_ttl:
                 req.ttl = max(req.ttl, int(env_ttl))
-            env_id = env_server.create_env(req.image, ttl=req.ttl, workdir=req.workdir, setup_patch=req.setup_patch,
-                                           grading=req.grading, labels=req.labels).id
-        episode.tools = [_schema(t) for t in env_server.tools()]
+            env_id = (yield call(env_server.create_env, req.image, ttl=req.ttl, workdir=req.workdir,
+                                 setup_patch=req.setup_patch, grading=req.grading, labels=req.labels)).id
+        episode.tools = [_schema(t) for t in (yield call(env_server.tools))]
         while exit_reason is None:
             if len(episode.steps) >= max_turns:
                 exit_reason = "max_turns"
@@ -113,9 +199,11 @@ def run_episode(
                 exit_reason = "max_tokens"
                 break
             if before_action is not None:
-                before_action(env_id, episode.steps)
+                hook = before_action(env_id, episode.steps)
+                if inspect.isgenerator(hook):
+                    yield from hook
             try:
-                decision = Decision(forced.pop(0)) if forced else policy.next_action(episode)
+                decision = Decision(forced.pop(0)) if forced else (yield call(policy.next_action, episode))
             except ModelError as exc:
                 exit_reason, error = "model_error", str(exc)
                 break
@@ -129,15 +217,15 @@ def run_episode(
                 consecutive_format_errors = 0
                 remaining = deadline - time.time() if deadline else None
                 try:
-                    obs, submitted, state = act(env_server, env_id, decision.action, shell_timeout, remaining)
+                    obs, submitted, state = yield from act_steps(env_server, env_id, decision.action, shell_timeout,
+                                                                 remaining)
                 except EnvBroken as exc:  # the step that broke the env is part of the record
                     obs, submitted = Observation(output="", error=str(exc), flags={"env_broken": True}), None
                     exit_reason, error = "env_broken", str(exc)
                 if submitted is not None:
                     result = submitted
                     exit_reason = "submitted"
-            episode.steps.append(_step(len(episode.steps), decision, obs, time.monotonic() - env_started))
-            episode.steps[-1].state = state
+            episode.steps.append(make_step(len(episode.steps), decision, obs, time.monotonic() - env_started, state))
             if exit_reason is None and consecutive_format_errors >= format_error_limit:
                 exit_reason = "format_error_limit"
                 error = f"{consecutive_format_errors} consecutive malformed replies"
@@ -148,11 +236,23 @@ def run_episode(
     finally:
         if env_id is not None:
             try:
-                env_server.delete_env(env_id)
+                yield call(env_server.delete_env, env_id)
             except EnvServerError:
                 pass  # gone already, or the server is down: its reaper removes it by expiry
-    traj = Trajectory(
-        id=traj_id,
+    traj = make_trajectory(task, info, episode, id=traj_id, attempt=attempt, exit_reason=exit_reason or "infra_error",
+                           error=error, result=result, started_at=started, parent_id=parent_id,
+                           branch_step=branch_step)
+    if infra is not None and raise_infra:
+        raise EpisodeInfraError(error or "infrastructure error", traj) from infra
+    return traj
+
+
+def make_trajectory(task: Task, info: PolicyInfo, episode: Episode, *, id: str, attempt: int, exit_reason: ExitReason,
+                    result: EpisodeResult, started_at: float, error: str | None = None, parent_id: str | None = None,
+                    branch_step: int | None = None) -> Trajectory:
+    """Close an episode's steps into a Trajectory (token totals summed from the steps)."""
+    return Trajectory(
+        id=id,
         parent_id=parent_id,
         branch_step=branch_step,
         task_id=task.id,
@@ -162,35 +262,41 @@ def run_episode(
         commit=task.commit,
         attempt=attempt,
         policy=info,
-        system_prompt=system_prompt,
-        problem_statement=task.problem_statement,
+        system_prompt=episode.system_prompt,
+        problem_statement=episode.problem_statement,
         steps=episode.steps,
-        exit_reason=exit_reason or "infra_error",
+        exit_reason=exit_reason,
         error=error,
         result=result,
-        started_at=started,
+        started_at=started_at,
         finished_at=time.time(),
         prompt_tokens=sum(s.prompt_tokens for s in episode.steps),
         completion_tokens=sum(s.completion_tokens for s in episode.steps),
     )
-    if infra is not None and raise_infra:
-        raise EpisodeInfraError(error or "infrastructure error", traj) from infra
-    return traj
+
 
 
 def _schema(tool: Any) -> dict[str, Any]:
     return tool.model_dump() if hasattr(tool, "model_dump") else dict(tool)
 
 
-def _step(index: int, decision: Decision, obs: Observation, env_seconds: float) -> Step:
+def make_step(index: int, decision: Decision, obs: Observation, env_seconds: float,
+              state: StateChange | None = None) -> Step:
+    """Record one step: the decision (action and its model cost), what the env answered, and its state."""
     return Step(index=index, action=decision.action, observation=obs, model_seconds=decision.model_seconds,
                 env_seconds=env_seconds, prompt_tokens=decision.prompt_tokens,
-                completion_tokens=decision.completion_tokens)
+                completion_tokens=decision.completion_tokens, state=state)
 
 
 def act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | None = None,
         remaining: float | None = None) -> tuple[Observation, EpisodeResult | None, StateChange | None]:
-    """Run one tool call: (observation, the graded result of a submit, the server's state record if any).
+    """Run one tool call with blocking calls (see act_steps)."""
+    return drive(act_steps(server, env_id, action, shell_timeout, remaining))
+
+
+def act_steps(server: EnvServer, env_id: str, action: Action, shell_timeout: float | None = None,
+              remaining: float | None = None) -> Steps:
+    """One tool call: (observation, the graded result of a submit, the server's state record if any).
     Tool errors (bad arguments, failed edit) become observations; infra errors raise."""
     args = action.arguments
     try:
@@ -198,18 +304,18 @@ def act(server: EnvServer, env_id: str, action: Action, shell_timeout: float | N
             timeout = shell_timeout
             if remaining is not None:
                 timeout = max(1.0, min(timeout or 120.0, remaining))
-            r = server.shell(env_id, str(args["command"]), timeout=timeout)
+            r = yield call(server.shell, env_id, str(args["command"]), timeout=timeout)
             flags = {k: v for k, v in {"timed_out": r.timed_out, "truncated": r.truncated,
                                        "full_output_path": r.full_output_path}.items() if v}
             return Observation(output=r.output, exit_code=r.exit_code, flags=flags), None, _state(r)
         if action.tool == "edit":
-            r = server.edit(env_id, str(args["path"]), str(args["old"]), str(args["new"]))
+            r = yield call(server.edit, env_id, str(args["path"]), str(args["old"]), str(args["new"]))
             return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None, _state(r)
         if action.tool == "create":
-            r = server.create(env_id, str(args["path"]), str(args["content"]))
+            r = yield call(server.create, env_id, str(args["path"]), str(args["content"]))
             return (Observation(output=r.output) if r.ok else Observation(output="", error=r.output)), None, _state(r)
         if action.tool == "submit":
-            r = server.submit(env_id)
+            r = yield call(server.submit, env_id)
             result = EpisodeResult(
                 patch=r.patch, reward=r.reward or 0.0, tests=dict(r.tests), fail_to_pass=dict(r.fail_to_pass),
                 pass_to_pass=dict(r.pass_to_pass), dropped_files=list(getattr(r, "dropped_files", []) or []),

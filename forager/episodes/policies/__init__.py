@@ -3,7 +3,7 @@
 A policy sees the episode so far (`Episode`) and returns a `Decision`: one `Action` plus what it
 cost (model time, tokens). An unusable model output is still a Decision, with `format_error` set:
 the loop answers it with an error observation instead of crashing. A model endpoint that fails
-(after the SDK's own retries) raises `ModelError`; the episode then ends with exit reason model_error.
+(after its retries, per request: policies/endpoint.py) raises `ModelError`; the episode then ends with exit reason model_error.
 
 A policy is named by a config (`OracleConfig | OpenAIConfig`, told apart by `name`) that validates its
 parameters where it is made, so a bad parameter fails when a job is enqueued, not later in a worker,
@@ -63,6 +63,9 @@ class OracleConfig(BaseModel):
 
         return OraclePolicy(run_tests=self.run_tests)
 
+    def make_async(self, settings: Settings | None = None) -> Policy:
+        return self.make(settings)  # no I/O of its own: its next_action is the same in an event loop
+
 
 class OpenAIConfig(BaseModel):
     """A chat model behind an OpenAI-compatible endpoint; endpoint and key come from the worker's Settings
@@ -76,20 +79,30 @@ class OpenAIConfig(BaseModel):
     temperature: float = 0.0
     max_completion_tokens: int | None = 4096
     timeout: float = 600
-    max_retries: int = 2
+    max_retries: int = Field(default=5, ge=0, description="retries of one failed request (429, 5xx, timeout)")
     extra_body: dict[str, Any] = Field(default_factory=dict)
 
     def make(self, settings: Settings | None = None) -> Policy:
         from forager.episodes.policies.openai import OpenAIPolicy
 
+        return OpenAIPolicy(*self._endpoint(settings), **self._options(settings))
+
+    def make_async(self, settings: Settings | None = None):
+        """The policy as a coroutine (`await policy.next_action(episode)`), for an async worker."""
+        from forager.episodes.policies.openai import AsyncOpenAIPolicy
+
+        return AsyncOpenAIPolicy(*self._endpoint(settings), **self._options(settings))
+
+    def _endpoint(self, settings: Settings | None) -> tuple[str, str, str | None]:
         base_url = self.base_url or (settings.model_base_url if settings else None)
         if not base_url:
             raise UsageError("the openai policy needs an endpoint: FORAGER_MODEL_BASE_URL or base_url")
-        return OpenAIPolicy(
-            base_url, self.model, settings.model_api_key if settings else None, protocol=self.protocol,
-            temperature=self.temperature, max_completion_tokens=self.max_completion_tokens, timeout=self.timeout,
-            max_retries=self.max_retries, extra_body=self.extra_body,
-        )
+        return base_url, self.model, settings.model_api_key if settings else None
+
+    def _options(self, settings: Settings | None) -> dict[str, Any]:
+        return dict(protocol=self.protocol, temperature=self.temperature, max_completion_tokens=self.max_completion_tokens,
+                    timeout=self.timeout, max_retries=self.max_retries, extra_body=self.extra_body,
+                    max_concurrency=settings.model_max_concurrency if settings else 64)
 
 
 PolicyConfig = Annotated[OracleConfig | OpenAIConfig, Field(discriminator="name")]
