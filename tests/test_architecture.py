@@ -27,6 +27,7 @@ LAYERS = {
     "forager.trajectories": set(),
     "forager.episodes": {"forager.trajectories", "forager.tasks", "forager.trace"},
     "forager.viewer": {"forager.trajectories", "forager.tasks", "forager.trace"},
+    "forager.interfaces": {"forager.episodes", "forager.trajectories", "forager.tasks", "forager.trace"},
     "forager.cli": None,  # the roof: anything
 }
 MAX_LINES = 400
