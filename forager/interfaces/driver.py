@@ -78,7 +78,7 @@ class _CallerPolicy:
         try:
             item = self.driver._actions.get(timeout=self.driver.idle_timeout)
         except queue.Empty:
-            raise ModelError(f"no action within {self.driver.idle_timeout:g} s: the session timed out") from None
+            raise ModelError(f"no action within the session timeout ({self.driver.idle_timeout:g} s)") from None
         if isinstance(item, _Abort):
             raise ModelError(item.reason)
         item.model_seconds = item.model_seconds or time.monotonic() - asked
@@ -100,7 +100,7 @@ class EpisodeDriver:
         self.system_prompt = system_prompt
         self._run_args: dict[str, Any] = dict(
             max_turns=max_turns, wall_clock=None, trajectory_id=self.trajectory_id, system_prompt=system_prompt,
-            env_labels={"interface": interface, **(labels or {})}, env_ttl=env_ttl)
+            env_labels={"interface": interface, "episode": self.episode_id[:63], **(labels or {})}, env_ttl=env_ttl)
         self._env_server = env_server
         self._actions: queue.SimpleQueue[Decision | _Abort] = queue.SimpleQueue()
         self._lock = threading.Lock()
