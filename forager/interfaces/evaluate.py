@@ -108,17 +108,22 @@ def patch_sha(patch: str | None) -> str:
     return hashlib.sha256((patch or "").encode()).hexdigest()
 
 
-def grade(task: Task, pred: Prediction, grader: Grader) -> InstanceResult:
-    """One prediction, graded as a submit of its patch; infrastructure failures are `error`, never a verdict."""
+def grade(task: Task, pred: Prediction, grader: Grader, attempts: int = 3) -> InstanceResult:
+    """One prediction, graded as a submit of its patch. An infrastructure failure is tried again (a fresh env
+    each time, as the fleet retries), then reported as `error`: never a verdict."""
     started = time.monotonic()
     patch = pred.model_patch or ""
     head = dict(instance_id=pred.instance_id, model_name_or_path=pred.model_name_or_path,
                 patch_sha=patch_sha(patch), empty_patch=not patch.strip(), patch_exists=bool(patch.strip()))
-    try:
-        response, not_applied = submit_patch(task, grader, patch, purpose="evaluate")
-    except EnvServerError as exc:
-        return InstanceResult(**head, verdict="error", reason=f"not graded: {type(exc).__name__}: {exc}",
-                              seconds=time.monotonic() - started)
+    for attempt in range(1, attempts + 1):
+        try:
+            response, not_applied = submit_patch(task, grader, patch, purpose="evaluate")
+            break
+        except EnvServerError as exc:
+            if attempt == attempts:
+                return InstanceResult(**head, verdict="error", reason=f"not graded ({attempts} tries): "
+                                      f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - started)
+            time.sleep(2.0 * attempt)
     if response is None:
         return InstanceResult(**head, verdict="unresolved", reason=not_applied, reward=0.0,
                               seconds=time.monotonic() - started)
