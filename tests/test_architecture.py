@@ -2,7 +2,7 @@
 
 - nothing in forager/ outside forager/cli/ imports images/ or agent/;
 - forager/'s root files (the kernel) import nothing of this repo but each other;
-- inside forager/ the layers run one way: cli → episodes → trajectories, tasks → trace → kernel
+- inside forager/ the layers run one way: cli → interfaces → episodes → trajectories, tasks → trace → kernel
   (viewer reads trajectories, tasks and trace);
 - envserver/ imports nothing of the others; everyone else imports only its face
   (client, models, errors, junit, sandbox);
