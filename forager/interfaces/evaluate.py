@@ -180,6 +180,8 @@ class Evaluation:
                 errors.append(f"{where}: unknown instance_id {pred.instance_id!r}: no such task in the task set")
                 results[pred.instance_id] = InstanceResult(instance_id=pred.instance_id, patch_sha=patch_sha(
                     pred.model_patch), verdict="error", reason="unknown instance_id: no such task")
+                if on_result:
+                    on_result(results[pred.instance_id])
                 continue
             old = done.get(pred.instance_id)
             if old is not None and old.verdict != "error" and old.patch_sha == patch_sha(pred.model_patch):

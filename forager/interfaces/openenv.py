@@ -155,13 +155,28 @@ class OpenEnvServer:
     async def mcp(self, session: Session | None, request: dict[str, Any]) -> dict[str, Any]:
         """MCP JSON-RPC: tools/list anywhere; tools/call inside a session (one tool call of its episode)."""
         rid, method, params = request.get("id"), request.get("method"), request.get("params") or {}
+        if not isinstance(params, dict):
+            return rpc_error(rid, -32602, "params must be an object")
+        if session is None and method == "openenv/session/create":  # OpenEnv's production-mode MCP client
+            try:
+                return {"jsonrpc": "2.0", "id": rid, "result": {"session_id": self.open().id}}
+            except OpenEnvError as exc:
+                return rpc_error(rid, -32000, str(exc))
+        if session is None and params.get("session_id"):
+            session = self.sessions.get(str(params["session_id"]))
+            if session is None:
+                return rpc_error(rid, -32602, f"Unknown session_id: {params['session_id']}")
+            session.last_active = time.monotonic()
+            if method == "openenv/session/close":
+                await self.end(session, "the client closed the session")
+                return {"jsonrpc": "2.0", "id": rid, "result": {"session_id": session.id, "closed": True}}
         if method == "tools/list":
             return {"jsonrpc": "2.0", "id": rid, "result": {"tools": wire.mcp_tools(self.tool_schemas)}}
         if method != "tools/call":
             return rpc_error(rid, -32601, f"Method not found: {method}")
         if session is None:
             return rpc_error(rid, -32600, "tools/call needs a session: use the WebSocket at /ws")
-        if not isinstance(params, dict) or not isinstance(params.get("arguments") or {}, dict):
+        if not isinstance(params.get("arguments") or {}, dict):
             return rpc_error(rid, -32602, "params must be {name, arguments}")
         call = wire.CallToolAction(tool_name=str(params.get("name", "")), arguments=params.get("arguments") or {})
         try:
@@ -169,10 +184,12 @@ class OpenEnvServer:
         except OpenEnvError as exc:
             return rpc_error(rid, -32000, str(exc))
         obs = result["observation"]
-        text = obs["error"]["message"] if obs.get("error") else _text(obs["result"])
+        if obs.get("error"):  # no such tool, bad arguments: nothing ran
+            return rpc_error(rid, -32602, f"{obs['error']['error_type']}: {obs['error']['message']}")
+        data = {**obs["result"], "reward": result["reward"], "done": result["done"]}  # the tool's observation
         return {"jsonrpc": "2.0", "id": rid, "result": {
-            "content": [{"type": "text", "text": text}], "structuredContent": result,
-            "isError": bool(obs.get("error")), "data": result}}
+            "content": [{"type": "text", "text": _text(obs["result"])}], "structuredContent": data,
+            "isError": False, "data": data}}
 
     # ------------------------------------------------------------ helpers
 

@@ -4,7 +4,8 @@
     WS   /ws                              one session, one env at a time: {"type": "reset"|"step"|"state"|"close"|"mcp"}
     POST /reset {task_id | seed, episode_id?, model?}    an HTTP episode, kept under its episode_id
     POST /step {action, episode_id}       GET /state?episode_id=...
-    POST /mcp                             MCP JSON-RPC tools/list (tools/call needs a session: /ws)
+    POST /mcp                             MCP JSON-RPC: tools/list; openenv/session/create|close and tools/call
+                                          with its session_id (the WebSocket joins it with /ws?session_id=...)
 
 OpenEnv's own HTTP /reset and /step make a throwaway env per request; a Forager env is a container worth
 keeping, so an HTTP episode lives under its episode_id until it ends or idles past the session timeout.
@@ -125,7 +126,10 @@ def create_app(server: OpenEnvServer) -> FastAPI:
         try:
             if not server.authorized(websocket.headers):
                 raise OpenEnvError("missing or wrong bearer token", "UNAUTHORIZED")
-            session = server.open()
+            attach = websocket.query_params.get("session_id")  # a session made over /mcp (production mode)
+            session = server.sessions.get(attach) if attach else server.open()
+            if session is None or session.http_key is not None:
+                raise OpenEnvError(f"Unknown session_id: {attach}", "SESSION_ERROR")
         except OpenEnvError as exc:
             await websocket.send_text(_frame(exc))
             await websocket.close(code=1008 if exc.code == "UNAUTHORIZED" else 1013)
