@@ -88,6 +88,8 @@ def evaluate(
 ) -> None:
     """Grade each prediction in a fresh container of its task, exactly as a submit is; resumable; SWE-bench's report."""
     settings = Settings.from_env()
+    if not (tasks or settings.tasks_dir).exists():
+        fail(f"no tasks at {tasks or settings.tasks_dir} (--tasks, or FORAGER_HOME)", json_out)
     try:
         preds, problems = read_predictions(predictions)
         task_list = load_tasks(tasks or settings.tasks_dir)
