@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlparse
 
-from forager.config import ENVSERVER_TOKEN_FILE, Settings, ensure_secret, masked
+from forager.config import ENVSERVER_TOKEN_FILE, Settings, ensure_secret, local_redis_url, masked, redis_socket
 from forager.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -25,10 +25,19 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 __all__ = ["LocalServices", "ServiceError", "redis_command", "redis_reachable", "workers_on"]
 
 
-def redis_command(port: int, data_dir: Path, password: str | None, *, daemonize: bool = False) -> list[str]:
-    """How Forager runs redis-server: loopback only, append-only persistence, data in `data_dir`, and a
-    password (in a config file only this user can read, never on a command line `ps` shows)."""
-    lines = [f"port {port}", "bind 127.0.0.1", f'dir "{data_dir}"', "appendonly yes", 'save ""']
+def redis_command(port: int, data_dir: Path, password: str | None, *, daemonize: bool = False,
+                  socket: Path | None = None) -> list[str]:
+    """How Forager runs redis-server: append-only persistence, data in `data_dir`, a password (in a config file
+    only this user can read, never on a command line `ps` shows), and either a Unix socket only this user can
+    open (`socket`: a home's own Redis, no TCP at all) or a TCP port on loopback."""
+    lines = [f'dir "{data_dir}"', "appendonly yes", 'save ""', f'pidfile "{data_dir / "redis.pid"}"']
+    if socket is not None:
+        if len(str(socket)) > 100:  # sun_path holds 108 bytes
+            raise ServiceError(f"the Redis socket path {socket} is too long for a Unix socket: use a shorter "
+                               "FORAGER_HOME, or set FORAGER_REDIS_URL")
+        lines += ["port 0", f'unixsocket "{socket}"', "unixsocketperm 700"]
+    else:
+        lines += [f"port {port}", "bind 127.0.0.1"]
     if password:
         lines.append(f"requirepass {password}")
     if daemonize:
@@ -179,16 +188,26 @@ class LocalServices:
             return
         parsed = urlparse(url)
         exe = shutil.which("redis-server")
-        if parsed.hostname not in LOOPBACK or not exe:
+        home_url = local_redis_url(self.settings.home, legacy=False)
+        if parsed.scheme == "unix" or url == local_redis_url(self.settings.home):
+            url = home_url  # this home's own Redis (one that ran on TCP before moves to its socket)
+        elif parsed.hostname not in LOOPBACK or not exe:
             raise ServiceError(f"Redis at {masked(url)} is unreachable (start it with `forager setup`, or set FORAGER_REDIS_URL)")
-        port = parsed.port or 6379
-        if not port_free(port):
-            raise ServiceError(f"Redis at {masked(url)} does not answer, and its port is taken by something else")
+        if not exe:
+            raise ServiceError("redis-server is not installed: run `forager setup`")
         data = self.settings.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        proc, log = self._spawn("redis", redis_command(port, data, redis_password(url)), grace=30)
+        if url == home_url:
+            cmd = redis_command(0, data, redis_password(url), socket=redis_socket(self.settings.home))
+        else:
+            port = parsed.port or 6379
+            if not port_free(port):
+                raise ServiceError(f"Redis at {masked(url)} does not answer, and its port is taken by something else")
+            cmd = redis_command(port, data, redis_password(url))
+        proc, log = self._spawn("redis", cmd, grace=30)
         _wait(lambda: redis_reachable(url), proc, "redis-server", log)
-        self.log(f"started redis-server on {masked(url)} (append-only, data in {data})")
+        self.settings.redis_url = self.env["FORAGER_REDIS_URL"] = url
+        self.log(f"started redis-server at {masked(url)} (append-only, data in {data})")
 
     def _envserver(self) -> None:
         url = self.settings.envserver_url

@@ -117,10 +117,38 @@ def ensure_secret(path: Path) -> str:
     return value
 
 
-def local_redis_url(home: Path, port: int = 6379) -> str:
-    """The URL of this host's Redis, with the password `forager setup` generated (when there is one)."""
+REDIS_DIR = "redis"  # $FORAGER_HOME/redis: the home's own Redis (config, data, log, socket)
+REDIS_SOCKET = "redis.sock"
+
+
+def redis_socket(home: Path) -> Path:
+    return home / REDIS_DIR / REDIS_SOCKET
+
+
+def legacy_redis_port(home: Path) -> int | None:
+    """The TCP port of the Redis this home ran before each home had its own socket (its redis.conf says
+    `port N`), else None."""
+    try:
+        text = (home / REDIS_DIR / "redis.conf").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^port (\d+)\s*$", text, re.M)
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+def local_redis_url(home: Path, *, legacy: bool = True) -> str:
+    """The URL of this home's own Redis, with the password `forager setup` generated in the home.
+
+    Each FORAGER_HOME on a host has its own Redis on a Unix socket inside the home ($FORAGER_HOME/redis/
+    redis.sock), so a second home (a benchmark, a second project) never meets the first one's password,
+    queues or data. A home whose Redis listened on TCP before keeps that URL while its redis.conf says so
+    (`legacy=False`: the socket URL it moves to)."""
     password = _read_secret(home / REDIS_PASSWORD_FILE)
-    return f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
+    auth = f":{password}@" if password else ""
+    port = legacy_redis_port(home) if legacy else None
+    if port:
+        return f"redis://{auth}127.0.0.1:{port}/0"
+    return f"unix://{auth}{redis_socket(home)}?db=0"
 
 
 def masked(url: str) -> str:

@@ -23,6 +23,7 @@ pytest_plugins = [
     "tests.fixtures_grading",
     "tests.fixtures_viewer",
     "tests.fixtures_mining",
+    "tests.fixtures_interfaces",
 ]
 
 

@@ -2,7 +2,7 @@
 
 - nothing in forager/ outside forager/cli/ imports images/ or agent/;
 - forager/'s root files (the kernel) import nothing of this repo but each other;
-- inside forager/ the layers run one way: cli → episodes → trajectories, tasks → trace → kernel
+- inside forager/ the layers run one way: cli → interfaces → episodes → trajectories, tasks → trace → kernel
   (viewer reads trajectories, tasks and trace);
 - envserver/ imports nothing of the others; everyone else imports only its face
   (client, models, errors, junit, sandbox);
@@ -27,6 +27,7 @@ LAYERS = {
     "forager.trajectories": set(),
     "forager.episodes": {"forager.trajectories", "forager.tasks", "forager.trace"},
     "forager.viewer": {"forager.trajectories", "forager.tasks", "forager.trace"},
+    "forager.interfaces": {"forager.episodes", "forager.trajectories", "forager.tasks", "forager.trace"},
     "forager.cli": None,  # the roof: anything
 }
 MAX_LINES = 400

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from envserver.errors import EnvServerError
-from forager.cli import build, fleet, run, serve, setup, tasks, trace, trajectories, view, world
+from forager.cli import build, fleet, interfaces, run, serve, setup, tasks, trace, trajectories, view, world
 from forager.cli.ui import fail
 from forager.errors import ForagerError
 
@@ -23,7 +23,7 @@ def _main() -> None:
     """Forager: executable repo environments and agent trajectories."""
 
 
-for area in (setup, serve, build, trajectories, fleet, run, trace, view, world):
+for area in (setup, serve, build, trajectories, fleet, run, trace, view, world, interfaces):
     app.add_typer(area.app)
 app.add_typer(tasks.app, name="tasks")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from agent.services import port_free, redis_command, redis_reachable
+from agent.services import redis_command, redis_reachable
 from forager.cli import quota
 from forager.config import (
     DEFAULT_PYTHON, ENVSERVER_TOKEN_FILE, REDIS_PASSWORD_FILE, Settings, base_image_tag, ensure_secret,
-    local_redis_url, masked,
+    legacy_redis_port, local_redis_url, masked, redis_socket,
 )
 from forager.errors import SetupError
 from images.base import RELEASES, PartState, base_image_state, docker_client, ensure_base_image, image_exists
@@ -141,45 +141,51 @@ def _wait(check: Callable[[], bool], seconds: float) -> bool:
 
 
 def ensure_redis(settings: Settings, log: Log) -> PartState:
-    """Redis on this host, append-only, with the password in $FORAGER_HOME (made here) that every client uses."""
-    import redis
-
+    """This home's own Redis: append-only, on a Unix socket in the home, with the password in $FORAGER_HOME (made
+    here) that every client uses. Each FORAGER_HOME on a host has its own, so a second home just works."""
     url, explicit = settings.redis_url, bool(os.environ.get("FORAGER_REDIS_URL"))
-    parsed = urlparse(url)
     if explicit and redis_reachable(url):  # the operator's Redis: its persistence and auth are theirs
-        return PartState(name="redis", ok=True, detail=f"running at {masked(url)}")
+        return PartState(name="redis", ok=True, detail=redis_detail(settings))
     if explicit:
         raise SetupError(f"Redis at {masked(url)} (FORAGER_REDIS_URL) does not answer: start it there")
     password = ensure_secret(settings.home / REDIS_PASSWORD_FILE)
-    url = local_redis_url(settings.home, parsed.port or 6379)
+    url = local_redis_url(settings.home)
+    settings.redis_url = url
     if redis_reachable(url):
-        return PartState(name="redis", ok=True, detail=f"running at {masked(url)} (password, append-only)")
-    plain = f"redis://127.0.0.1:{parsed.port or 6379}/0"
-    if redis_reachable(plain):  # ours from before passwords: lock it now
-        client = redis.Redis.from_url(plain)
-        client.config_set("requirepass", password)
+        return PartState(name="redis", ok=True, detail=redis_detail(settings))
+    port = legacy_redis_port(settings.home)
+    plain = f"redis://127.0.0.1:{port}/0"
+    if port and redis_reachable(plain):  # this home's TCP Redis from before passwords: lock it now
+        import redis
+
+        redis.Redis.from_url(plain).config_set("requirepass", password)
         redis.Redis.from_url(url).config_set("appendonly", "yes")
-        log(f"Redis at {masked(plain)} had no password: set the one in {settings.home / REDIS_PASSWORD_FILE}")
-        return PartState(name="redis", ok=True, detail=f"running at {masked(url)} (password set now)", changed=True)
+        log(f"Redis at {plain} had no password: set the one in {settings.home / REDIS_PASSWORD_FILE}")
+        return PartState(name="redis", ok=True, detail=redis_detail(settings) + " (password set now)", changed=True)
+    # not running: start it on its socket (a TCP Redis this home had before moves there, keeping its data)
+    url = settings.redis_url = local_redis_url(settings.home, legacy=False)
     if not shutil.which("redis-server"):
         apt_install(["redis-server"], log)
-    if redis_reachable(url):
-        return PartState(name="redis", ok=True, detail=f"installed, running at {masked(url)}", changed=True)
-    if redis_reachable(plain):  # the package's service started one without a password
-        redis.Redis.from_url(plain).config_set("requirepass", password)
-        return PartState(name="redis", ok=True, detail=f"installed, running at {masked(url)} (password set)", changed=True)
-    if not port_free(parsed.port or 6379):
-        raise SetupError(f"a Redis on 127.0.0.1:{parsed.port or 6379} asks for a password this home does not hold "
-                         f"({settings.home / REDIS_PASSWORD_FILE}): use the FORAGER_HOME that set it up, or set "
-                         "FORAGER_REDIS_URL to redis://:PASSWORD@127.0.0.1:PORT/0")
     data = settings.home / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    log(f"starting redis-server on port {parsed.port or 6379} (data: {data})")
-    subprocess.run(redis_command(parsed.port or 6379, data, password, daemonize=True), check=True)
+    data.chmod(0o700)  # the socket, the data and the config are this user's alone
+    log(f"starting this home's redis-server on {redis_socket(settings.home)} (data: {data})")
+    subprocess.run(redis_command(0, data, password, daemonize=True, socket=redis_socket(settings.home)), check=True)
     if not _wait(lambda: redis_reachable(url), 20):
         raise SetupError(f"redis-server did not answer; see {data / 'redis.log'}")
-    return PartState(name="redis", ok=True, detail=f"started at {masked(url)} (password, append-only, data in {data})",
-                     changed=True)
+    return PartState(name="redis", ok=True, detail=redis_detail(settings) + " (started now)", changed=True)
+
+
+def redis_detail(settings: Settings) -> str:
+    """Which Redis this home uses, said plainly (`forager setup --check`)."""
+    url = settings.redis_url
+    if os.environ.get("FORAGER_REDIS_URL"):
+        return f"{masked(url)} (FORAGER_REDIS_URL)"
+    if url.startswith("unix://"):
+        return (f"this home's own Redis on unix socket {redis_socket(settings.home)} (password, append-only; every "
+                "FORAGER_HOME on this host has its own)")
+    return (f"{masked(url)}: this home's Redis from before per-home sockets (moves to {redis_socket(settings.home)} "
+            "when it is next started)")
 
 
 def ensure_envserver_token(settings: Settings) -> PartState:
@@ -228,7 +234,7 @@ def check(settings: Settings, pythons: list[str] = (DEFAULT_PYTHON,)) -> list[Pa
         PartState(name="docker_installed", ok=bool(shutil.which("dockerd")), detail=shutil.which("dockerd") or "dockerd not found (package docker.io)"),
         PartState(name="docker", ok=docker_ping(), detail="engine running" if docker_ping() else "engine not answering"),
         PartState(name="redis_installed", ok=bool(shutil.which("redis-server")), detail=shutil.which("redis-server") or "redis-server not found (package redis-server)"),
-        PartState(name="redis", ok=redis_reachable(settings.redis_url), detail=masked(settings.redis_url)),
+        PartState(name="redis", ok=redis_reachable(settings.redis_url), detail=redis_detail(settings)),
     ]
     if parts[2].ok:
         parts += [base_image_state(docker_client(), python) for python in pythons]

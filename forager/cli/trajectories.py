@@ -13,11 +13,15 @@ from forager.config import Settings
 from forager.episodes.loop import run_episode
 from forager.episodes.policies import POLICY_NAMES
 from forager.errors import ForagerError
-from forager.tasks.store import find_task
-from forager.trace.export import export_traces
+from forager.interfaces.parquet import export_dataset
+from forager.tasks.store import find_task, load_tasks
+from forager.tasks.swebench import instance_records
+from forager.trace.export import export_traces, trace_rows
 from forager.trajectories.dedupe import dedupe_store
 from forager.trajectories.export import FORMATS, TREE_MODES, export_trajectories
+from forager.trajectories.export import records as trajectory_records
 from forager.trajectories.store import TrajectoryStore
+from images.catalog import load_catalog
 
 app = typer.Typer()
 
@@ -72,32 +76,39 @@ def episode(
 
 @app.command()
 def export(
-    fmt: str = typer.Option(..., "--format", "-f", help="cwm | chat | cwm-trace"),
-    out: Path = typer.Option(..., "--out", "-o", help="output JSONL file"),
+    fmt: str = typer.Option(..., "--format", "-f", help="cwm | chat | cwm-trace | parquet"),
+    out: Path = typer.Option(..., "--out", "-o", help="output JSONL file (parquet: a dataset directory)"),
     min_reward: float | None = typer.Option(None, "--min-reward", help="only trajectories with reward ≥ this"),
     repo: str | None = typer.Option(None, "--repo"),
     source: Path | None = typer.Option(None, "--from", help="input dir (default: the trajectory or trace store)"),
     with_state: bool = typer.Option(False, "--with-state", help="add each step's state record as its own field"),
     tree: str = typer.Option("episodes", "--tree", help="episodes (one record per trajectory) | triples "
                              "((state, action) -> observation per step; branches share their state)"),
+    records: str = typer.Option("chat", "--records", help="parquet: the trajectory records, chat | cwm"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Export trajectories as CWM text or chat messages (SFT), or traces in CWM's trace format."""
-    if fmt not in FORMATS:
-        fail(f"unknown format {fmt!r}: use {', '.join(FORMATS)}", json_out)
+    """Export trajectories as CWM text or chat messages (SFT), traces in CWM's trace format, or all of it with the
+    tasks as a Parquet dataset for the hub (`--format parquet`: shards and a dataset card)."""
+    if fmt not in (*FORMATS, "parquet"):
+        fail(f"unknown format {fmt!r}: use {', '.join(FORMATS)}, parquet", json_out)
     if tree not in TREE_MODES:
         fail(f"unknown tree mode {tree!r}: use {' or '.join(TREE_MODES)}", json_out)
+    if fmt == "parquet" and records not in ("chat", "cwm"):
+        fail(f"unknown --records {records!r}: use chat or cwm", json_out)
     settings = Settings.from_env()
+    if source is not None and fmt != "cwm-trace" and not source.is_dir():
+        fail(f"no trajectory store at {source}", json_out)
     with progress() as bar:
         t = bar.add_task(f"export {fmt}", total=None, status=str(out))
-        if fmt == "cwm-trace":
+        if fmt == "parquet":
+            res = parquet_export(settings, out, records, source, repo, min_reward, with_state, tree,
+                                 lambda name, n: bar.update(t, status=f"{name}: {n} rows"))
+        elif fmt == "cwm-trace":
             src = source or settings.traces_dir
             if not src.exists():
                 fail(f"no traces at {src}", json_out)
             res = {"format": "cwm-trace", **export_traces(src, out)}
         else:
-            if source is not None and not source.is_dir():
-                fail(f"no trajectory store at {source}", json_out)
             store = TrajectoryStore(source or settings.trajectories_dir)
             res = export_trajectories(store.iter(repo), fmt, out, min_reward=min_reward, with_state=with_state,
                                       tree=tree)
@@ -106,6 +117,25 @@ def export(
         print_json({"ok": True, **res})
     else:
         console.print(f"{res['written']} records → {out}")
+
+
+def parquet_export(settings: Settings, out: Path, fmt: str, source: Path | None, repo: str | None,
+                   min_reward: float | None, with_state: bool, tree: str, on_part) -> dict:
+    """Trajectories (as `fmt` records), tasks (SWE-bench records) and traces (cwm-trace records) as one dataset."""
+    store = TrajectoryStore(source or settings.trajectories_dir)
+    tasks = [t for t in load_tasks(settings.tasks_dir) if not repo or t.repo == repo] if settings.tasks_dir.exists() else []
+    catalog = load_catalog(settings.catalog_path) if settings.catalog_path.exists() else {}
+    problems: list[str] = []
+    parts = {
+        "trajectories": lambda: trajectory_records(store.iter(repo), fmt, min_reward=min_reward, with_state=with_state,
+                                                   tree=tree),
+        "tasks": lambda: instance_records(tasks, catalog),
+        "traces": lambda: trace_rows(settings.traces_dir, problems) if settings.traces_dir.exists() else [],
+    }
+    how = f"forager export --format parquet --records {fmt} --tree {tree}" + (" --with-state" if with_state else "")
+    counts = export_dataset(parts, out, how=how, on_part=on_part)
+    return {"format": "parquet", "records": fmt, "tree": tree, "rows": counts, "written": sum(counts.values()),
+            "bad_lines": sorted(set(problems)), "out": str(out)}
 
 
 @app.command()

@@ -16,7 +16,9 @@ from envserver.models import CreateEnvRequest, EnvInfo, FileToolResponse, ShellR
 from forager.models import Certificate, Task
 from forager.tasks import env_request
 
-PATCH_PATH = "/tmp/forager-certificate-gold.patch"
+PATCH_PATH = "/tmp/forager-patch.diff"  # outside the repository: never part of the graded patch
+APPLY = ("git apply --whitespace=nowarn {path} || {{ command -v patch >/dev/null && "
+         "patch --batch --fuzz=5 -p1 -i {path}; }}; status=$?; rm -f {path}; exit $status")
 
 
 class Grader(Protocol):
@@ -43,17 +45,25 @@ def certify(task: Task, grader: Grader, *, k: int = 3, image_id: str = "", pip_f
 
 def grade_patch(task: Task, grader: Grader, patch: str) -> float:
     """The reward the env server gives `patch` (applied as an agent would) in a fresh env of the task."""
+    response, _ = submit_patch(task, grader, patch, purpose="certificate")
+    return float(response.reward or 0.0) if response is not None else 0.0  # a gold patch that does not apply fails
+
+
+def submit_patch(task: Task, grader: Grader, patch: str, *, purpose: str) -> tuple[SubmitResponse | None, str]:
+    """Apply `patch` in a fresh env of the task as an agent would (written with `create`, applied in the shell:
+    `git apply`, else `patch --fuzz`, as SWE-bench's harness tries), then submit it: (the graded response, "")
+    or (None, why the patch does not apply). The env is deleted either way."""
     req: CreateEnvRequest = env_request(task, ttl=1800)
     env = grader.create_env(req.image, workdir=req.workdir, setup_patch=req.setup_patch, grading=req.grading,
-                            ttl=req.ttl, labels={**req.labels, "purpose": "certificate"})
+                            ttl=req.ttl, labels={**req.labels, "purpose": purpose})
     try:
         if patch:
             written = grader.create(env.id, PATCH_PATH, patch)
             if not written.ok:
-                return 0.0
-            applied = grader.shell(env.id, f"git apply --whitespace=nowarn {PATCH_PATH} && rm -f {PATCH_PATH}", 300)
+                return None, f"the patch could not be written: {written.output}"
+            applied = grader.shell(env.id, APPLY.format(path=PATCH_PATH), 300)
             if applied.exit_code != 0:
-                return 0.0  # a gold patch that does not apply fails its certificate
-        return float(grader.submit(env.id).reward or 0.0)
+                return None, f"the patch does not apply: {applied.output.strip()[-2000:]}"
+        return grader.submit(env.id), ""
     finally:
         grader.delete_env(env.id)

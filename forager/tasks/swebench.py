@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -215,11 +215,16 @@ def package_version(pip_freeze: list[str]) -> str | None:
     return None
 
 
-def export_instances(tasks: list[Task], out: IO[str], sources: dict[str, ImageRecord] | None = None) -> int:
-    """Write `tasks` as SWE-bench JSONL to `out`; `sources` maps an image tag to its catalog record."""
+def instance_records(tasks: list[Task], sources: dict[str, ImageRecord] | None = None) -> Iterator[dict[str, Any]]:
+    """`tasks` as SWE-bench records; `sources` maps an image tag to its catalog record."""
     for task in tasks:
         rec = (sources or {}).get(task.image)
         freeze = (task.certificate.pip_freeze if task.certificate else []) or (rec.pip_freeze if rec else [])
-        out.write(json.dumps(to_instance(task, rec.source if rec else None, package_version(freeze),
-                                         rec.test_command if rec else None)) + "\n")
+        yield to_instance(task, rec.source if rec else None, package_version(freeze), rec.test_command if rec else None)
+
+
+def export_instances(tasks: list[Task], out: IO[str], sources: dict[str, ImageRecord] | None = None) -> int:
+    """Write `tasks` as SWE-bench JSONL to `out` (the Parquet export writes the same records)."""
+    for record in instance_records(tasks, sources):
+        out.write(json.dumps(record) + "\n")
     return len(tasks)

@@ -15,6 +15,7 @@ exactly as CWM's debugger demo (demos/cwmdbg.py) builds its prompts. <|begin_of_
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from forager import jsonl
@@ -70,33 +71,43 @@ def read_traces(path: str | Path) -> tuple[list[Trace], list[str]]:
     return traces, problems
 
 
+def trace_rows(in_path: str | Path, problems: list[str], *, include_truncated: bool = True,
+               skipped: list[int] | None = None) -> Iterator[dict]:
+    """{"id", "function", "repo", "truncated", "text"} per trace of a JSONL file or a directory of them (the
+    records of the cwm-trace export, JSONL or Parquet); bad lines go to `problems`, truncated ones counted in
+    `skipped` when left out."""
+    in_path = Path(in_path)
+    if not in_path.exists():
+        raise FileNotFoundError(f"no traces at {in_path}")
+    files = sorted(in_path.glob("*.jsonl")) if in_path.is_dir() else [in_path]
+    for file in files:
+        traces, bad = read_traces(file)
+        problems += bad
+        for trace in traces:
+            if trace.truncated and not include_truncated:
+                if skipped is not None:
+                    skipped.append(1)
+                continue
+            yield {"id": trace.id, "function": trace.function, "repo": trace.repo, "truncated": trace.truncated,
+                   "text": render_cwm_trace(trace)}
+
+
 def export_traces(in_path: str | Path, out_path: str | Path, *, include_truncated: bool = True) -> dict:
     """JSONL of traces -> JSONL of {"id", "function", "repo", "truncated", "text"} in CWM's format.
 
     A file or a directory of *.jsonl files is accepted. The output is written to a temporary file
     and renamed, so a failed export never leaves half a file. Returns counts and bad-line messages.
     """
-    in_path, out_path = Path(in_path), Path(out_path)
-    if not in_path.exists():
-        raise FileNotFoundError(f"no traces at {in_path}")
-    files = sorted(in_path.glob("*.jsonl")) if in_path.is_dir() else [in_path]
-    written = skipped = 0
+    written = 0
     problems: list[str] = []
+    skipped: list[int] = []
+    rows = trace_rows(in_path, problems, include_truncated=include_truncated, skipped=skipped)
+    first = next(rows, None)  # a missing input fails before the output is touched
     with jsonl.replacing(out_path) as out:
-        for file in files:
-            traces, bad = read_traces(file)
-            problems += bad
-            for trace in traces:
-                if trace.truncated and not include_truncated:
-                    skipped += 1
-                    continue
-                row = {
-                    "id": trace.id,
-                    "function": trace.function,
-                    "repo": trace.repo,
-                    "truncated": trace.truncated,
-                    "text": render_cwm_trace(trace),
-                }
-                out.write(json.dumps(row) + "\n")
-                written += 1
-    return {"written": written, "skipped_truncated": skipped, "bad_lines": problems, "out": str(out_path)}
+        for row in ([first] if first is not None else []):
+            out.write(json.dumps(row) + "\n")
+            written += 1
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+            written += 1
+    return {"written": written, "skipped_truncated": len(skipped), "bad_lines": problems, "out": str(out_path)}

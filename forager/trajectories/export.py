@@ -89,22 +89,32 @@ def triples(traj: Trajectory) -> Iterator[dict[str, Any]]:
             digest, cwd = step.state.tree_digest, step.state.cwd
 
 
-def export_trajectories(trajectories: Iterable[Trajectory], fmt: str, out_path: str | Path, *,
-                        min_reward: float | None = None, with_state: bool = False,
-                        tree: str = "episodes") -> dict[str, Any]:
+def records(trajectories: Iterable[Trajectory], fmt: str, *, min_reward: float | None = None,
+            with_state: bool = False, tree: str = "episodes", skipped: list[str] | None = None
+            ) -> Iterator[dict[str, Any]]:
+    """The export's records (JSONL here, Parquet in forager.interfaces.parquet); ids below `min_reward` go to
+    `skipped`."""
     to_record = {"cwm": to_cwm, "chat": to_chat}.get(fmt)
     if to_record is None:
         raise ValueError(f"unknown trajectory format {fmt!r}: expected cwm or chat")
     if tree not in TREE_MODES:
         raise ValueError(f"unknown tree mode {tree!r}: expected {' or '.join(TREE_MODES)}")
-    written = skipped = 0
+    for traj in trajectories:
+        if min_reward is not None and traj.result.reward < min_reward:
+            if skipped is not None:
+                skipped.append(traj.id)
+            continue
+        yield from (triples(traj) if tree == "triples" else [to_record(traj, with_state)])
+
+
+def export_trajectories(trajectories: Iterable[Trajectory], fmt: str, out_path: str | Path, *,
+                        min_reward: float | None = None, with_state: bool = False,
+                        tree: str = "episodes") -> dict[str, Any]:
+    skipped: list[str] = []
+    rows = records(trajectories, fmt, min_reward=min_reward, with_state=with_state, tree=tree, skipped=skipped)
+    written = 0
     with jsonl.replacing(out_path) as out:
-        for traj in trajectories:
-            if min_reward is not None and traj.result.reward < min_reward:
-                skipped += 1
-                continue
-            records = triples(traj) if tree == "triples" else [to_record(traj, with_state)]
-            for record in records:
-                out.write(json.dumps(record) + "\n")
-                written += 1
-    return {"format": fmt, "tree": tree, "written": written, "skipped": skipped, "out": str(out_path)}
+        for record in rows:
+            out.write(json.dumps(record) + "\n")
+            written += 1
+    return {"format": fmt, "tree": tree, "written": written, "skipped": len(skipped), "out": str(out_path)}
